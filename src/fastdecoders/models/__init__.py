@@ -1,0 +1,10 @@
+"""Decoder architectures, by name. A new family is a new file plus one line here."""
+
+from __future__ import annotations
+
+from fastdecoders.models.base import Decoder, DecoderOutput
+from fastdecoders.models.tae import TAEConfig, TAEDecoder, TAEEncoder, TAEEncoderConfig
+
+ARCHITECTURES: dict[str, type[Decoder]] = {cls.arch: cls for cls in (TAEDecoder,)}
+
+__all__ = ["ARCHITECTURES", "Decoder", "DecoderOutput", "TAEConfig", "TAEDecoder", "TAEEncoder", "TAEEncoderConfig"]

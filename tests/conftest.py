@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests that need ../shared (real weights and photos) use ``shared_dir``: they skip when it is
+missing, unless FASTDECODERS_REQUIRE_SHARED=1 (as in CI), where they fail instead."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(os.environ.get("FASTDECODERS_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "weights").is_dir() or not (SHARED / "data").is_dir():
+        message = f"needs the shared weights and data folder at {SHARED} (set FASTDECODERS_SHARED)"
+        if os.environ.get("FASTDECODERS_REQUIRE_SHARED") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def taesd_weights_dir(shared_dir: Path) -> Path:
+    return shared_dir / "weights" / "taesd"
+
+
+@pytest.fixture(scope="session")
+def kodak_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "images" / "kodak24"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
