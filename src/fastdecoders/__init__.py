@@ -1,0 +1,41 @@
+"""fastdecoders: fast, lightweight drop-in decoders for latent diffusion (images and video).
+
+    >>> import fastdecoders
+    >>> decoder = fastdecoders.load_decoder("taesdxl")          # registry name, local path or hub id
+    >>> images = decoder.decode(latents).sample                  # diffusion-space latents -> RGB in [-1, 1]
+    >>> with fastdecoders.use(pipe, "taesdxl"): image = pipe(prompt_embeds=...).images[0]
+"""
+
+from fastdecoders.errors import FastDecodersError
+from fastdecoders.latents import LATENT_SPACES, LatentSpace, get_latent_space
+from fastdecoders.models import Decoder, DecoderOutput
+from fastdecoders.registry import DecoderSpec, build_decoder, get_spec, list_decoders, register
+from fastdecoders.weights import load_decoder, load_encoder, save_decoder
+
+__version__ = "0.1.0"
+
+
+def use(pipe, decoder, **kwargs):
+    """Put a fast decoder into a diffusers pipeline (see ``fastdecoders.integrations.diffusers.use``)."""
+    from fastdecoders.integrations.diffusers import use as _use
+
+    return _use(pipe, decoder, **kwargs)
+
+
+__all__ = [
+    "LATENT_SPACES",
+    "Decoder",
+    "DecoderOutput",
+    "DecoderSpec",
+    "FastDecodersError",
+    "LatentSpace",
+    "build_decoder",
+    "get_latent_space",
+    "get_spec",
+    "list_decoders",
+    "load_decoder",
+    "load_encoder",
+    "register",
+    "save_decoder",
+    "use",
+]

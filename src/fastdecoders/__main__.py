@@ -1,0 +1,5 @@
+import sys
+
+from fastdecoders.cli import main
+
+sys.exit(main())

@@ -1,0 +1,389 @@
+"""Weights I/O: find, read, strictly load, save and convert decoder weights.
+
+``load_decoder(x)`` accepts, in this order: a registry name (weights found on the search path or the hub), a local
+file or folder (our safetensors, an upstream TAESD ``.safetensors``/``.pth``, a diffusers ``AutoencoderTiny`` folder),
+or a hub id ``org/repo``. Pickled files are only read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from fastdecoders.errors import FastDecodersError
+from fastdecoders.io import atomic_dir, atomic_path, atomic_write_text
+from fastdecoders.models import ARCHITECTURES, Decoder, TAEConfig, TAEDecoder, TAEEncoder, TAEEncoderConfig
+from fastdecoders.models.base import config_from_dict
+from fastdecoders.registry import DecoderSpec, build_decoder, get_spec, is_registered, unknown_name_message
+
+WEIGHTS_ENV = "FASTDECODERS_WEIGHTS"
+METADATA_KEY = "fastdecoders"
+FORMAT_VERSION = 1
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+# The upstream TAE encoders (weights-file stem -> config); used to make latents of real photos.
+TAE_ENCODERS: dict[str, TAEEncoderConfig] = {
+    "taesd_encoder": TAEEncoderConfig(latent_channels=4),
+    "taesdxl_encoder": TAEEncoderConfig(latent_channels=4),
+    "taesd3_encoder": TAEEncoderConfig(latent_channels=16),
+    "taef1_encoder": TAEEncoderConfig(latent_channels=16),
+    "taef2_encoder": TAEEncoderConfig(latent_channels=32, pool=True),
+}
+
+
+# -- search path ------------------------------------------------------------------------------------------------------
+
+
+def search_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Folders searched for upstream-named weights files: ``weights_dir``, then ``$FASTDECODERS_WEIGHTS`` (a
+    ``os.pathsep``-separated list), then ``~/.cache/fastdecoders``."""
+    dirs: list[Path] = []
+    if weights_dir:
+        dirs.append(Path(weights_dir))
+    dirs += [Path(p) for p in os.environ.get(WEIGHTS_ENV, "").split(os.pathsep) if p]
+    dirs.append(Path.home() / ".cache" / "fastdecoders")
+    return dirs
+
+
+def find_weights(stem: str, weights_dir: str | os.PathLike | None = None) -> Path | None:
+    for folder in search_dirs(weights_dir):
+        for suffix in WEIGHT_SUFFIXES:
+            candidate = folder / f"{stem}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _looked_in(stem: str, weights_dir) -> str:
+    return ", ".join(str(d / f"{stem}{{{','.join(WEIGHT_SUFFIXES)}}}") for d in search_dirs(weights_dir))
+
+
+# -- reading ----------------------------------------------------------------------------------------------------------
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, safetensors metadata) of a ``.safetensors`` or pickled ``.pth``/``.pt`` file, on CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FastDecodersError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as e:
+            raise FastDecodersError(f"{path} is not a readable safetensors file ({e})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt zip, truncated file, or a pickle that needs arbitrary code
+        raise FastDecodersError(f"{path} is not a readable weights file ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FastDecodersError(f"{path} does not hold a flat state dict of tensors")
+    return dict(state), {}
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``module``; any missing, unexpected or mis-shaped key is one error naming it."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
+        raise FastDecodersError(f"{source} does not fit {type(module).__name__}: {'; '.join(parts)}")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise FastDecodersError(
+                f"{source}: key {key!r} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}"
+            )
+    # copy into the (float32) parameters: upstream files are bf16/fp16
+    module.load_state_dict(state, strict=True)
+
+
+# -- TAESD-format files ------------------------------------------------------------------------------------------------
+
+
+def tae_config_from_state_dict(state: dict[str, torch.Tensor]) -> TAEConfig:
+    """Infer a TAE decoder config from an upstream-layout state dict (its shapes, never its file name)."""
+    try:
+        first = state["1.weight"]
+        latent_channels, width = first.shape[1], first.shape[0]
+        indices = sorted({int(k.split(".")[0]) for k in state})
+    except (KeyError, ValueError, IndexError):
+        raise FastDecodersError("not a TAESD-layout decoder state dict (no integer-indexed '1.weight')") from None
+    # walk the sequence: blocks have '.conv.0.weight'; a stage boundary is a bare conv with no bias after layer 1
+    blocks: list[int] = [0]
+    widths: list[int] = [width]
+    for i in indices[1:]:
+        if f"{i}.conv.0.weight" in state:
+            blocks[-1] += 1
+        elif f"{i}.weight" in state and f"{i}.bias" not in state:
+            blocks.append(0)
+            widths.append(state[f"{i}.weight"].shape[0])
+    pool = any(".pool." in k for k in state)
+    return TAEConfig(latent_channels=latent_channels, widths=tuple(widths), blocks=tuple(blocks), pool=pool)
+
+
+def _is_upstream_tae(state: dict[str, torch.Tensor]) -> bool:
+    return "1.weight" in state and all(k.split(".")[0].isdigit() for k in state)
+
+
+# -- diffusers AutoencoderTiny folders ---------------------------------------------------------------------------------
+
+
+def _diffusers_tiny_to_tae(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``decoder.layers.{i}.*`` (diffusers) -> ``{i+1}.*`` (upstream): diffusers applies the clamp in forward."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            index, rest = key[len(prefix) :].split(".", 1)
+            out[f"{int(index) + 1}.{rest}"] = value
+    return out
+
+
+def _tae_to_diffusers_tiny(state: dict[str, torch.Tensor], prefix: str, offset: int) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{int(k.split('.', 1)[0]) - offset}.{k.split('.', 1)[1]}": v for k, v in state.items()}
+
+
+def _load_diffusers_tiny_folder(folder: Path) -> TAEDecoder:
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("_class_name") != "AutoencoderTiny":
+        raise FastDecodersError(f"{folder}/config.json is a {config.get('_class_name')}, expected AutoencoderTiny")
+    files = [folder / n for n in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")]
+    file = next((f for f in files if f.is_file()), None)
+    if file is None:
+        raise FastDecodersError(f"{folder} has config.json but no diffusion_pytorch_model.safetensors")
+    state, _ = read_state_dict(file)
+    if config.get("upsampling_scaling_factor", 2) != 2 or config.get("upsample_fn", "nearest") != "nearest":
+        raise FastDecodersError(f"{folder}: only x2 nearest upsampling AutoencoderTiny decoders are supported")
+    if config.get("act_fn", "relu") != "relu":
+        raise FastDecodersError(f"{folder}: only ReLU AutoencoderTiny decoders are supported")
+    tae_config = TAEConfig(
+        latent_channels=config.get("latent_channels", 4),
+        widths=tuple(config.get("decoder_block_out_channels", (64, 64, 64, 64))),
+        blocks=tuple(config.get("num_decoder_blocks", (3, 3, 3, 1))),
+    )
+    decoder = TAEDecoder(tae_config)
+    load_strict(decoder, _diffusers_tiny_to_tae(state, "decoder.layers."), str(file))
+    return decoder
+
+
+def save_diffusers_tiny(
+    decoder: TAEDecoder, out_dir: str | os.PathLike, encoder: TAEEncoder | None = None
+) -> Path:
+    """Write a diffusers ``AutoencoderTiny`` folder holding ``decoder`` (and ``encoder`` if given).
+
+    ``diffusers.AutoencoderTiny.from_pretrained(out_dir)`` then gives the same pixels. Without an encoder the folder's
+    encoder is randomly initialised (diffusers always has one); pass the matching TAE encoder for a usable one.
+    """
+    from diffusers import AutoencoderTiny
+
+    cfg = decoder.config
+    if not isinstance(decoder, TAEDecoder):
+        raise FastDecodersError(f"only TAE decoders convert to AutoencoderTiny, got {type(decoder).__name__}")
+    if cfg.pool:
+        raise FastDecodersError("this TAE decoder has TAEF2's pool branch, which diffusers' AutoencoderTiny lacks")
+    if len(set(cfg.widths)) != 1:
+        raise FastDecodersError(f"AutoencoderTiny needs one width for all stages, got {cfg.widths}")
+    enc_cfg = encoder.config if encoder is not None else TAEEncoderConfig(latent_channels=cfg.latent_channels)
+    vae = AutoencoderTiny(
+        latent_channels=cfg.latent_channels,
+        decoder_block_out_channels=cfg.widths,
+        num_decoder_blocks=cfg.blocks,
+        encoder_block_out_channels=enc_cfg.widths,
+        num_encoder_blocks=enc_cfg.blocks,
+    )
+    state = _tae_to_diffusers_tiny({k: v.float() for k, v in decoder.state_dict().items()}, "decoder.layers.", 1)
+    if encoder is not None:
+        state.update(_tae_to_diffusers_tiny({k: v.float() for k, v in encoder.state_dict().items()}, "encoder.layers.", 0))
+    result = vae.load_state_dict(state, strict=False)
+    if result.unexpected_keys or (encoder is not None and result.missing_keys):
+        raise FastDecodersError(f"conversion to AutoencoderTiny left keys unmatched: {result}")
+    out = Path(out_dir)
+    with atomic_dir(out) as tmp:
+        vae.save_pretrained(tmp)
+    return out
+
+
+# -- our format ---------------------------------------------------------------------------------------------------------
+
+
+def save_decoder(decoder: Decoder, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> str:
+    """Save as ``.safetensors`` with arch, config and latent space in the metadata; a folder path gets
+    ``model.safetensors`` + ``config.json``. Written to a temp file, then renamed."""
+    path = Path(path)
+    header = {
+        "format": FORMAT_VERSION,
+        "arch": decoder.arch,
+        "config": decoder.config_dict(),
+        "latents": getattr(decoder, "latent_space_name", None),
+        "name": getattr(decoder, "registry_name", None),
+        **(extra or {}),
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in decoder.state_dict().items()}
+    metadata = {METADATA_KEY: json.dumps(header)}
+    if path.suffix != ".safetensors":  # a folder
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path / "config.json", json.dumps(header, indent=2))
+        path = path / "model.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return str(path)
+
+
+def _decoder_from_header(header: dict[str, Any], source: str) -> Decoder:
+    arch = header.get("arch")
+    if arch not in ARCHITECTURES:
+        raise FastDecodersError(f"{source}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    cls = ARCHITECTURES[arch]
+    decoder = cls(config_from_dict(cls.config_class, header.get("config", {})))
+    decoder.latent_space_name = header.get("latents")
+    decoder.registry_name = header.get("name")
+    return decoder
+
+
+def _load_file(path: Path) -> Decoder:
+    state, metadata = read_state_dict(path)
+    if METADATA_KEY in metadata:
+        decoder = _decoder_from_header(json.loads(metadata[METADATA_KEY]), str(path))
+    elif _is_upstream_tae(state):
+        decoder = TAEDecoder(tae_config_from_state_dict(state))
+        decoder.latent_space_name = _guess_space_from_channels(decoder.config)
+    else:
+        raise FastDecodersError(
+            f"{path} is neither a fastdecoders file (no '{METADATA_KEY}' metadata) nor a TAESD-layout decoder"
+        )
+    load_strict(decoder, state, str(path))
+    return decoder
+
+
+def _guess_space_from_channels(config: TAEConfig) -> str | None:
+    # only unambiguous cases; 4- and 16-channel files could be any of two families, so callers must say which
+    return "flux2" if config.latent_channels == 32 and config.pool else None
+
+
+def _load_path(path: Path) -> Decoder:
+    if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            return _load_file(path / "model.safetensors")
+        if (path / "config.json").is_file():
+            return _load_diffusers_tiny_folder(path)
+        raise FastDecodersError(f"{path} holds neither model.safetensors nor a diffusers config.json")
+    return _load_file(path)
+
+
+def _load_hub(repo_id: str, source_name: str | None = None) -> Decoder:
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"])
+    except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
+        raise FastDecodersError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}); "
+            f"download it yourself and pass the local path{f' or put it on the weights path' if source_name else ''}"
+        ) from None
+    return _load_path(Path(folder))
+
+
+def load_decoder(
+    name_or_path: str | os.PathLike,
+    *,
+    latents: str | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    pretrained: bool = True,
+) -> Decoder:
+    """A decoder in eval mode, from a registry name, a local path or a hub id.
+
+    Args:
+        latents: latent space of a file whose own metadata does not say (upstream TAESD files of 4 or 16 channels).
+        weights_dir: extra folder searched first for upstream-named files (``taesdxl_decoder.safetensors``).
+        pretrained: for a registry name, ``False`` gives random weights (e.g. to train).
+    """
+    target = str(name_or_path)
+    if is_registered(target):
+        spec = get_spec(target)
+        decoder = _load_registered(spec, weights_dir) if pretrained else build_decoder(spec)
+        decoder.latent_space_name, decoder.registry_name = spec.latents, spec.name
+    elif Path(target).exists():
+        decoder = _load_path(Path(target))
+        if latents is not None:
+            decoder.latent_space_name = latents
+    elif target.count("/") == 1 and not target.startswith((".", "/")) and not Path(target).suffix:
+        decoder = _load_hub(target)
+        if latents is not None:
+            decoder.latent_space_name = latents
+    else:
+        raise FastDecodersError(unknown_name_message(target))
+    if getattr(decoder, "latent_space_name", None) is None:
+        raise FastDecodersError(
+            f"{target}: the file does not say which latent space it decodes; pass latents= "
+            f"(CLI: --latents), e.g. sdxl"
+        )
+    return decoder.to(device=device, dtype=dtype).eval()
+
+
+def _load_registered(spec: DecoderSpec, weights_dir) -> Decoder:
+    if not spec.has_weights:
+        raise FastDecodersError(
+            f"{spec.name} has no released weights; train it (fastdecoders train) and pass the resulting file, "
+            f"or use pretrained=False for random weights"
+        )
+    path = find_weights(spec.weights, weights_dir) if spec.weights else None
+    if path is not None:
+        state, _ = read_state_dict(path)
+        decoder = build_decoder(spec)
+        load_strict(decoder, state, str(path))
+        return decoder
+    if spec.hub_id is None:
+        raise FastDecodersError(
+            f"weights for {spec.name} not found; looked for {_looked_in(spec.weights, weights_dir)} "
+            f"(set --weights-dir or ${WEIGHTS_ENV})"
+        )
+    looked = f"looked for {_looked_in(spec.weights, weights_dir)}, then " if spec.weights else ""
+    try:
+        return _load_hub(spec.hub_id, spec.name)
+    except FastDecodersError as e:
+        raise FastDecodersError(f"weights for {spec.name} not found: {looked}{e}") from None
+
+
+def load_encoder(
+    stem: str, weights_dir: str | os.PathLike | None = None, device=None, dtype: torch.dtype | None = None
+) -> TAEEncoder:
+    """An upstream TAE encoder (``taesdxl_encoder`` …) from the weights search path: images in [-1, 1] ->
+    diffusion-space latents."""
+    if stem not in TAE_ENCODERS:
+        raise FastDecodersError(f"unknown encoder {stem!r}; known: {', '.join(TAE_ENCODERS)}")
+    path = find_weights(stem, weights_dir)
+    if path is None:
+        raise FastDecodersError(
+            f"encoder weights {stem} not found; looked for {_looked_in(stem, weights_dir)} "
+            f"(set --weights-dir or ${WEIGHTS_ENV})"
+        )
+    encoder = TAEEncoder(TAE_ENCODERS[stem])
+    load_strict(encoder, read_state_dict(path)[0], str(path))
+    return encoder.to(device=device, dtype=dtype).eval()
+
+
+def weights_status(weights_dir: str | os.PathLike | None = None) -> dict[str, str | None]:
+    """For ``fastdecoders list``: each registered decoder's local weights file, or None."""
+    from fastdecoders.registry import list_decoders
+
+    status = {}
+    for name in list_decoders():
+        spec = get_spec(name)
+        found = find_weights(spec.weights, weights_dir) if spec.weights else None
+        status[name] = str(found) if found else None
+    return status
