@@ -1,0 +1,82 @@
+"""``fastdecoders decode DECODER LATENTS -o OUT``: a latents file to PNGs, or an MP4 for video latents."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from fastdecoders.commands import add_device, add_weights_dir
+from fastdecoders.errors import FastDecodersError
+from fastdecoders.io import read_latents, write_image, write_video
+from fastdecoders.latents import get_latent_space, ncthw_to_ntchw, ntchw_to_ncthw, to_01
+from fastdecoders.weights import load_decoder
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("decoder", help="registry name, weights file/folder, or hub id")
+    parser.add_argument("latents", help="safetensors file with one latent tensor (key 'latents' by convention); "
+                        "NCHW diffusion-space latents, or NCTHW for video")  # fmt: skip
+    parser.add_argument("-o", "--out", required=True, help="output PNG (one latent) or folder; .mp4 for video")
+    parser.add_argument("--latents-space", dest="space", default=None, help="latent space, if the decoder file lacks it")
+    parser.add_argument("--raw", action="store_true", help="the latents are raw VAE latents (apply scale/shift first)")
+    parser.add_argument("--fps", type=float, default=16.0, help="frame rate of the MP4")
+    add_weights_dir(parser)
+    add_device(parser)
+
+
+def run(args: argparse.Namespace) -> dict:
+    latents = read_latents(args.latents)
+    decoder = load_decoder(args.decoder, latents=args.space, weights_dir=args.weights_dir, device=args.device,
+                           dtype=getattr(torch, args.dtype))  # fmt: skip
+    space = get_latent_space(decoder.latent_space_name)
+    if decoder.latent_ndim == 5 and latents.ndim == 4 and space.is_video:
+        latents = latents[None]  # a single clip without its batch axis
+    expected_space = space if decoder.latent_ndim == 5 or not space.is_video else _frame_space(space)
+    expected_space.check_latents(latents, what=str(args.latents))
+    if args.raw:
+        latents = space.to_diffusion(latents.float())
+    latents = latents.to(args.device, getattr(torch, args.dtype))
+    out = Path(args.out)
+    with torch.inference_mode():
+        if latents.ndim == 5:
+            return _decode_video(decoder, space, latents, out, args.fps)
+        return _decode_images(decoder, latents, out)
+
+
+def _frame_space(space):
+    """Image decoders read video latents frame by frame: check them as a batch of NCHW frames."""
+    from dataclasses import replace
+
+    return replace(space, layout="NCHW")
+
+
+def _decode_images(decoder, latents: torch.Tensor, out: Path) -> dict:
+    if len(latents) > 1 and out.suffix:
+        raise FastDecodersError(f"{len(latents)} latents need an output folder, got a file name {out}")
+    paths = []
+    for i in tqdm(range(len(latents)), desc="decode", unit="img", disable=len(latents) < 2):
+        image = to_01(decoder(latents[i : i + 1]))[0]
+        path = out if out.suffix else out / f"{i:05d}.png"
+        paths.append(str(write_image(image, path)))
+    return {"decoder": decoder.registry_name or "file", "outputs": paths, "shape": list(image.shape)}
+
+
+def _decode_video(decoder, space, latents: torch.Tensor, out: Path, fps: float) -> dict:
+    if out.suffix.lower() != ".mp4":
+        raise FastDecodersError(f"video latents decode to an .mp4 file, got {out}")
+    if decoder.latent_ndim == 5:
+        video = decoder(ntchw_to_ncthw(latents) if space.layout == "NTCHW" else latents)  # (B, 3, T, H, W)
+    else:  # an image decoder applied frame by frame
+        frames_first = ncthw_to_ntchw(latents) if space.layout == "NCTHW" else latents
+        # a temporal decoder (SVD-style) takes the clip's frames together with their count
+        takes_frames = "num_frames" in inspect.signature(decoder.forward).parameters
+        kwargs = {"num_frames": frames_first.shape[1]} if takes_frames else {}
+        video = ntchw_to_ncthw(torch.stack([decoder(clip, **kwargs) for clip in frames_first]))
+    frames = to_01(ncthw_to_ntchw(video)[0])
+    write_video(frames, out, fps=fps)
+    return {"decoder": decoder.registry_name or "file", "outputs": [str(out)], "frames": int(frames.shape[0]),
+            "shape": list(frames.shape)}  # fmt: skip
