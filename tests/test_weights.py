@@ -143,7 +143,7 @@ def test_parity_with_diffusers_autoencoder_tiny_on_real_taesdxl(taesd_weights_di
     image = crop_to_multiple(read_image(kodak_dir / "kodim23.png"), 8)[None, :, :256, :256] * 2 - 1
     with torch.no_grad():
         latents = encoder(image)
-        X
+        theirs_latents = vae.encode(image).latents  # like ours, it takes [-1, 1]
         ours_out, theirs_out = ours.decode(latents).sample, vae.decode(latents).sample
     torch.testing.assert_close(theirs_latents, latents, atol=1e-5, rtol=0)
     assert (ours_out - theirs_out).abs().max() <= 1e-5
