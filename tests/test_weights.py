@@ -17,7 +17,9 @@ from fastdecoders.weights import (
     tae_config_from_state_dict,
 )
 
-UPSTREAM_PARAMS = {"taesd": 1_222_531, "taesdxl": 1_222_531, "taesd3": 1_229_443, "taef1": 1_229_443, "taef2": 1_338_499}
+UPSTREAM_PARAMS = {  # from ../shared/weights/MANIFEST.md
+    "taesd": 1_222_531, "taesdxl": 1_222_531, "taesd3": 1_229_443, "taef1": 1_229_443, "taef2": 1_338_499,
+}  # fmt: skip
 UPSTREAM = list(UPSTREAM_PARAMS)
 
 
@@ -123,7 +125,7 @@ def test_upstream_files_load_by_name_and_path(name, taesd_weights_dir):
     suffix = ".pth" if name == "taef2" else ".safetensors"
     by_path = load_decoder(taesd_weights_dir / f"{name}_decoder{suffix}", latents=by_name.latent_space_name)
     assert by_path.config == by_name.config
-    assert by_name.num_parameters() == UPSTREAM_PARAMS[name]  # counts from ../shared/weights/MANIFEST.md
+    assert by_name.num_parameters() == UPSTREAM_PARAMS[name]
     z = torch.randn(1, by_name.latent_channels, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(by_name(z), by_path(z), atol=0, rtol=0)

@@ -1,9 +1,9 @@
 """fastdecoders: fast, lightweight drop-in decoders for latent diffusion (images and video).
 
-    >>> import fastdecoders
-    >>> decoder = fastdecoders.load_decoder("taesdxl")          # registry name, local path or hub id
-    >>> images = decoder.decode(latents).sample                  # diffusion-space latents -> RGB in [-1, 1]
-    >>> with fastdecoders.use(pipe, "taesdxl"): image = pipe(prompt_embeds=...).images[0]
+>>> import fastdecoders
+>>> decoder = fastdecoders.load_decoder("taesdxl")          # registry name, local path or hub id
+>>> images = decoder.decode(latents).sample                  # diffusion-space latents -> RGB in [-1, 1]
+>>> with fastdecoders.use(pipe, "taesdxl"): image = pipe(prompt_embeds=...).images[0]
 """
 
 from fastdecoders.errors import FastDecodersError

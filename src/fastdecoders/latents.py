@@ -241,6 +241,4 @@ def get_latent_space(name: str | LatentSpace) -> LatentSpace:
     except KeyError:
         close = difflib.get_close_matches(name, LATENT_SPACES, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise FastDecodersError(
-            f"unknown latent space {name!r}{hint}; known: {', '.join(LATENT_SPACES)}"
-        ) from None
+        raise FastDecodersError(f"unknown latent space {name!r}{hint}; known: {', '.join(LATENT_SPACES)}") from None

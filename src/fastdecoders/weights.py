@@ -178,9 +178,7 @@ def _load_diffusers_tiny_folder(folder: Path) -> TAEDecoder:
     return decoder
 
 
-def save_diffusers_tiny(
-    decoder: TAEDecoder, out_dir: str | os.PathLike, encoder: TAEEncoder | None = None
-) -> Path:
+def save_diffusers_tiny(decoder: TAEDecoder, out_dir: str | os.PathLike, encoder: TAEEncoder | None = None) -> Path:
     """Write a diffusers ``AutoencoderTiny`` folder holding ``decoder`` (and ``encoder`` if given).
 
     ``diffusers.AutoencoderTiny.from_pretrained(out_dir)`` then gives the same pixels. Without an encoder the folder's
@@ -205,7 +203,8 @@ def save_diffusers_tiny(
     )
     state = _tae_to_diffusers_tiny({k: v.float() for k, v in decoder.state_dict().items()}, "decoder.layers.", 1)
     if encoder is not None:
-        state.update(_tae_to_diffusers_tiny({k: v.float() for k, v in encoder.state_dict().items()}, "encoder.layers.", 0))
+        encoder_state = {k: v.float() for k, v in encoder.state_dict().items()}
+        state.update(_tae_to_diffusers_tiny(encoder_state, "encoder.layers.", 0))
     result = vae.load_state_dict(state, strict=False)
     if result.unexpected_keys or (encoder is not None and result.missing_keys):
         raise FastDecodersError(f"conversion to AutoencoderTiny left keys unmatched: {result}")
@@ -215,7 +214,7 @@ def save_diffusers_tiny(
     return out
 
 
-# -- our format ---------------------------------------------------------------------------------------------------------
+# -- our format ---------------------------------------------------------------------------------------------------
 
 
 def save_decoder(decoder: Decoder, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> str:
@@ -291,7 +290,7 @@ def _load_hub(repo_id: str, source_name: str | None = None) -> Decoder:
     except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
         raise FastDecodersError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}); "
-            f"download it yourself and pass the local path{f' or put it on the weights path' if source_name else ''}"
+            f"download it yourself and pass the local path{' or put it on the weights path' if source_name else ''}"
         ) from None
     return _load_path(Path(folder))
 
@@ -329,8 +328,7 @@ def load_decoder(
         raise FastDecodersError(unknown_name_message(target))
     if getattr(decoder, "latent_space_name", None) is None:
         raise FastDecodersError(
-            f"{target}: the file does not say which latent space it decodes; pass latents= "
-            f"(CLI: --latents), e.g. sdxl"
+            f"{target}: the file does not say which latent space it decodes; pass latents= (CLI: --latents), e.g. sdxl"
         )
     return decoder.to(device=device, dtype=dtype).eval()
 

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("latents", help="safetensors file with one latent tensor (key 'latents' by convention); "
                         "NCHW diffusion-space latents, or NCTHW for video")  # fmt: skip
     parser.add_argument("-o", "--out", required=True, help="output PNG (one latent) or folder; .mp4 for video")
-    parser.add_argument("--latents-space", dest="space", default=None, help="latent space, if the decoder file lacks it")
+    parser.add_argument("--latents-space", dest="space", default=None, help="latent space if the file lacks it")
     parser.add_argument("--raw", action="store_true", help="the latents are raw VAE latents (apply scale/shift first)")
     parser.add_argument("--fps", type=float, default=16.0, help="frame rate of the MP4")
     add_weights_dir(parser)

@@ -11,7 +11,8 @@ from tqdm import tqdm
 from fastdecoders.commands import add_device, add_weights_dir, format_table
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import center_crop_resize, crop_to_multiple, image_grid, list_images, read_image, write_image
-from fastdecoders.latents import get_latent_space, to_01, to_pm1
+from fastdecoders.latents import get_latent_space
+from fastdecoders.quality import roundtrip
 from fastdecoders.weights import load_decoder, load_encoder
 
 # photos that ship inside scikit-image's wheel (public domain / CC0), so the verb runs on a fresh machine
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None, help="resize+centre-crop photos to SIZE² (default: keep, "
                         "cropped to a multiple of the latent factor)")  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="use at most this many photos")
-    parser.add_argument("--latents-space", dest="space", default=None, help="latent space, if the decoder file lacks it")
+    parser.add_argument("--latents-space", dest="space", default=None, help="latent space if the file lacks it")
     add_weights_dir(parser)
     add_device(parser)
 
@@ -57,9 +58,7 @@ def run(args: argparse.Namespace) -> dict:
         image = read_image(path)
         image = center_crop_resize(image, args.size, space.spatial_factor) if args.size else crop_to_multiple(
             image, space.spatial_factor)  # fmt: skip
-        with torch.inference_mode():
-            x = to_pm1(image)[None].to(args.device, dtype)
-            decoded = to_01(decoder(encoder(x)).float())[0].cpu()
+        decoded = roundtrip(decoder, encoder, image)
         rows.append({"path": str(path), "psnr": float(psnr(decoded[None], image[None])[0]),
                      "ssim": float(ssim(decoded[None], image[None])[0])})  # fmt: skip
         cells.append([image, decoded])

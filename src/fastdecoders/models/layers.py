@@ -26,7 +26,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, n_in: int, n_out: int, pool: bool = False, pool_groups: int = 4):
         super().__init__()
-        self.conv = nn.Sequential(conv3x3(n_in, n_out), nn.ReLU(), conv3x3(n_out, n_out), nn.ReLU(), conv3x3(n_out, n_out))
+        self.conv = nn.Sequential(
+            conv3x3(n_in, n_out), nn.ReLU(), conv3x3(n_out, n_out), nn.ReLU(), conv3x3(n_out, n_out)
+        )
         self.skip = nn.Conv2d(n_in, n_out, 1, bias=False) if n_in != n_out else nn.Identity()
         self.fuse = nn.ReLU()
         if pool:

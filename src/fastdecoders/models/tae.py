@@ -106,6 +106,7 @@ def _register_sequence(module: nn.Module, layers: list[nn.Module]) -> None:
 
 # -- registered variants --------------------------------------------------------------------------------------------
 
+
 def _register_variants() -> None:
     from fastdecoders.registry import DecoderSpec, register
 
