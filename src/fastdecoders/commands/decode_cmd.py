@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,10 +34,14 @@ def run(args: argparse.Namespace) -> dict:
     decoder = load_decoder(args.decoder, latents=args.space, weights_dir=args.weights_dir, device=args.device,
                            dtype=getattr(torch, args.dtype))  # fmt: skip
     space = get_latent_space(decoder.latent_space_name)
-    if decoder.latent_ndim == 5 and latents.ndim == 4 and space.is_video:
-        latents = latents[None]  # a single clip without its batch axis
-    expected_space = space if decoder.latent_ndim == 5 or not space.is_video else _frame_space(space)
-    expected_space.check_latents(latents, what=str(args.latents))
+    if decoder.latent_ndim == 5:
+        space.check_latents(latents[None] if latents.ndim == 4 else latents, what=str(args.latents))
+        latents = latents[None] if latents.ndim == 4 else latents  # a single clip without its batch axis
+    elif latents.ndim == 5:  # video latents for an image decoder: decoded frame by frame
+        latents = _frames_first(latents, space.channels, str(args.latents))
+        replace(space, layout="NCHW").check_latents(latents.flatten(0, 1), what=str(args.latents))
+    else:
+        space.check_latents(latents, what=str(args.latents))
     if args.raw:
         latents = space.to_diffusion(latents.float())
     latents = latents.to(args.device, getattr(torch, args.dtype))
@@ -47,11 +52,14 @@ def run(args: argparse.Namespace) -> dict:
         return _decode_images(decoder, latents, out)
 
 
-def _frame_space(space):
-    """Image decoders read video latents frame by frame: check them as a batch of NCHW frames."""
-    from dataclasses import replace
-
-    return replace(space, layout="NCHW")
+def _frames_first(latents: torch.Tensor, channels: int, what: str) -> torch.Tensor:
+    """5-d video latents -> (B, T, C, h, w), whichever of NCTHW (diffusers) or NTCHW (SVD) they are in."""
+    if latents.shape[1] == channels:
+        return ncthw_to_ntchw(latents)
+    if latents.shape[2] == channels:
+        return latents
+    raise FastDecodersError(f"{what}: video latents need {channels} channels on axis 1 (NCTHW) or 2 (NTCHW), "
+                            f"got shape {tuple(latents.shape)}")  # fmt: skip
 
 
 def _decode_images(decoder, latents: torch.Tensor, out: Path) -> dict:
@@ -70,8 +78,8 @@ def _decode_video(decoder, space, latents: torch.Tensor, out: Path, fps: float) 
         raise FastDecodersError(f"video latents decode to an .mp4 file, got {out}")
     if decoder.latent_ndim == 5:
         video = decoder(ntchw_to_ncthw(latents) if space.layout == "NTCHW" else latents)  # (B, 3, T, H, W)
-    else:  # an image decoder applied frame by frame
-        frames_first = ncthw_to_ntchw(latents) if space.layout == "NCTHW" else latents
+    else:  # an image decoder applied frame by frame to (B, T, C, h, w)
+        frames_first = latents
         # a temporal decoder (SVD-style) takes the clip's frames together with their count
         takes_frames = "num_frames" in inspect.signature(decoder.forward).parameters
         kwargs = {"num_frames": frames_first.shape[1]} if takes_frames else {}

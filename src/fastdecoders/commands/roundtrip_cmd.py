@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> dict:
     if space.tae_encoder is None or decoder.latent_ndim != 4:
         raise FastDecodersError(f"roundtrip needs an image decoder of a family with a tiny encoder; "
                                 f"{decoder.latent_space_name} has none here")  # fmt: skip
+    if args.size is not None and (args.size <= 0 or args.size % space.spatial_factor):
+        raise FastDecodersError(f"--size must be a positive multiple of {space.spatial_factor}, got {args.size}")
     encoder = load_encoder(space.tae_encoder, args.weights_dir, device=args.device, dtype=dtype)
     paths = list_images(args.images) if args.images else sample_photo_paths()
     paths = paths[: args.limit] if args.limit else paths
