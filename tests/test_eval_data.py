@@ -84,6 +84,13 @@ def test_clip_shorter_than_the_clip_length_is_a_clear_error(tmp_path):
         load(discover("videos", tmp_path, prep)[0], prep)
 
 
+def test_unreadable_video_is_a_clear_error(tmp_path):
+    (tmp_path / "junk.mkv").write_bytes(b"\x1aE\xdf\xa3 this is not a matroska file")
+    prep = Preprocess(clip_length=2)
+    with pytest.raises(FastDecodersError, match="junk.mkv is not a readable video"):
+        load(discover("videos", tmp_path, prep)[0], prep)
+
+
 def test_latent_files_expand_batches(tmp_path):
     from fastdecoders.io import write_latents
 

@@ -50,7 +50,7 @@ def module_fingerprint(module: nn.Module, extra: str = "") -> str:
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for key, tensor in sorted(module.state_dict().items()):
         digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:12]
 
 

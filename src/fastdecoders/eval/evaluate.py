@@ -129,10 +129,6 @@ def _load_runs(decoders: list[str | nn.Module], config: EvalConfig) -> tuple[lis
         return Run(name, decoder, codec.decoder_kind(decoder), get_latent_space(space_name), fingerprint, role)
 
     runs = [make(d, "decoder") for d in decoders]
-    names: dict[str, int] = {}
-    for run in runs:  # the same name twice (two files called model.safetensors): keep both, numbered
-        names[run.name] = names.get(run.name, 0) + 1
-        run.name = run.name if names[run.name] == 1 else f"{run.name}#{names[run.name]}"
     teacher = None
     if config.teacher is not None:
         teacher = make(config.teacher, "teacher")
@@ -148,6 +144,10 @@ def _load_runs(decoders: list[str | nn.Module], config: EvalConfig) -> tuple[lis
                 f"teacher {teacher.name} reads {teacher.space.name} latents; none of the other decoders "
                 f"does ({', '.join(sorted({r.space.name for r in runs}))})"
             )
+    names: dict[str, int] = {}
+    for run in runs:  # the same name twice (two files called model.safetensors): keep both, numbered
+        names[run.name] = names.get(run.name, 0) + 1
+        run.name = run.name if names[run.name] == 1 else f"{run.name}#{names[run.name]}"
     return runs, teacher
 
 
@@ -463,15 +463,16 @@ def _set_metrics(
             continue
         a = torch.cat([f[key] for f in ours]) if ours else torch.zeros(0)
         b = torch.cat([f[key] for f in ref]) if ref else torch.zeros(0)
-        need = 10 if metric == "kid" else 2  # KID on fewer is noise: subsets of n // 2 < 5 samples
-        if len(a) < need or len(b) < need:
+        # KID splits the inputs into two disjoint halves per round: fewer than 10 inputs give subsets of < 5
+        count, need, unit = (len(ours), 10, "inputs") if metric == "kid" else (len(a), 2, "feature vectors")
+        if count < need or len(b) < 2:
             out[metric] = None
-            notes.append(
-                f"{metric} not computed: needs at least {need} feature vectors (inputs × frames), got {len(a)}"
-            )
+            notes.append(f"{metric} not computed: needs at least {need} {unit}, got {count}")
             continue
         if metric == "kid":
-            mean, ci = metrics.kid(a, b)
+            # rows are paired (input i, frame j of both sets): KID's subsets must not share inputs
+            groups = torch.cat([torch.full((len(f[key]),), i) for i, f in enumerate(ours)]).numpy()
+            mean, ci = metrics.kid(a, b, groups=groups)
             out["kid"] = {"mean": mean, "ci95": ci}
         else:
             out[metric] = metrics.frechet_distance_features(a, b)

@@ -197,24 +197,41 @@ def kid(
     subset_size: int | None = None,
     subsets: int = 100,
     seed: int = 0,
+    groups: np.ndarray | list | None = None,
 ) -> tuple[float, float]:
     """Kernel Inception Distance (Bińkowski et al. 2018): unbiased MMD² with the cubic polynomial kernel
     k(x, y) = (xᵀy / D + 1)³, averaged over random subsets. Returns (mean, 1.96 · std over subsets).
 
-    ``subset_size`` defaults to min(1000, N // 2): subsets of all N samples would all be identical for small N;
-    the estimate is unbiased at any subset size.
+    ``groups`` marks *paired* sets (row i of both comes from input ``groups[i]``, e.g. a photo and its
+    reconstruction): each round then splits the inputs in two disjoint halves and draws one set's subset from each,
+    because the estimator assumes independent samples — a photo and its own reconstruction in the cross term drag
+    KID below zero (by ~0.03 on 24 Kodak photos). ``subset_size`` defaults to min(1000, available).
     """
     a, b = _as_features(f1, "kid"), _as_features(f2, "kid")
-    n = min(a.shape[0], b.shape[0])
-    m = subset_size or min(1000, max(2, n // 2))
-    if m > n or m < 2:
-        raise FastDecodersError(f"kid: subset size {m} needs 2..{n}")
     dim = a.shape[1]
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        groups = np.asarray(groups)
+        if a.shape[0] != b.shape[0] or len(groups) != a.shape[0]:
+            raise FastDecodersError(f"kid: paired sets need equal sizes and one group per row, got {a.shape[0]}, "
+                                    f"{b.shape[0]} rows and {len(groups)} groups")  # fmt: skip
+        unique = np.unique(groups)
+        if len(unique) < 4:
+            raise FastDecodersError(f"kid: paired sets need at least 4 inputs, got {len(unique)}")
+    else:
+        n = min(a.shape[0], b.shape[0])
+        m = subset_size or min(1000, n)
+        if m > n or m < 2:
+            raise FastDecodersError(f"kid: subset size {m} needs 2..{n}")
     values = []
     for _ in range(subsets):
-        x = a[rng.choice(a.shape[0], m, replace=False)]
-        y = b[rng.choice(b.shape[0], m, replace=False)]
+        if groups is None:
+            x, y = a[rng.choice(a.shape[0], m, replace=False)], b[rng.choice(b.shape[0], m, replace=False)]
+        else:
+            half = rng.permutation(unique)[: len(unique) // 2]
+            rows_x, rows_y = np.flatnonzero(np.isin(groups, half)), np.flatnonzero(~np.isin(groups, half))
+            m = min(subset_size or 1000, len(rows_x), len(rows_y))
+            x, y = a[rng.choice(rows_x, m, replace=False)], b[rng.choice(rows_y, m, replace=False)]
         kxx, kyy, kxy = ((x @ x.T / dim + 1) ** 3, (y @ y.T / dim + 1) ** 3, (x @ y.T / dim + 1) ** 3)
         off = m * (m - 1)
         values.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())

@@ -1,0 +1,168 @@
+"""TAE-temporal: a TAE decoder with a temporal mid-block, decoding SVD-style batches of frames (B·T, C, h, w).
+
+The TAE layers are exactly ``TAEDecoder``'s, under the same state-dict keys ("0.weight", "3.conv.0.weight", ...), so
+a TAE decoder's weights (e.g. the upstream ``taesd_decoder.safetensors``) load into them with ``load_tae_weights``.
+After the first stage (at latent resolution, where it is cheapest) sits ``TemporalMidBlock``: a spatial ResBlock,
+self-attention across the frames of each clip at every pixel, and a zero-initialised output projection, blended into
+the frame-wise features with a learned mix factor like SVD's. At init the block is the identity, so the decoder is
+exactly the frame-wise TAE decoder it was loaded from, and fine-tuning starts from there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.base import Decoder
+from fastdecoders.models.layers import ResBlock
+from fastdecoders.models.tae import TAEConfig, TAEDecoder, _decoder_layers, _register_sequence
+
+
+@dataclass(frozen=True)
+class TemporalTAEConfig:
+    latent_channels: int = 4
+    #: TAE stage widths and blocks, latent side first (see ``TAEConfig``); 192 is the seed paper's TAE-192.
+    widths: tuple[int, ...] = (192, 192, 192, 192)
+    blocks: tuple[int, ...] = (3, 3, 3, 1)
+    #: channels per head of the temporal attention (widths[0] / this = heads).
+    attention_head_dim: int = 64
+
+    def __post_init__(self):
+        if len(self.widths) != len(self.blocks):
+            raise ValueError(f"widths {self.widths} and blocks {self.blocks} must name the same number of stages")
+        if self.widths[0] % self.attention_head_dim:
+            raise ValueError(f"widths[0]={self.widths[0]} is not a multiple of {self.attention_head_dim}")
+
+    @property
+    def tae_config(self) -> TAEConfig:
+        return TAEConfig(latent_channels=self.latent_channels, widths=self.widths, blocks=self.blocks)
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.tae_config.spatial_factor
+
+
+def frame_embedding(num_frames: int, channels: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(T, channels) sinusoidal embedding of frame indices 0..T-1 (computed, not stored: any T works)."""
+    half = channels // 2
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=device, dtype=torch.float32) / max(half, 1))
+    angles = torch.arange(num_frames, device=device, dtype=torch.float32)[:, None] * freqs
+    embedding = torch.cat([angles.sin(), angles.cos()], dim=1)
+    return F.pad(embedding, (0, channels - 2 * half)).to(dtype)
+
+
+class TemporalMidBlock(nn.Module):
+    """x + (1 − α)·proj(attend_over_frames(ResBlock(x))), α = sigmoid(mix_factor); proj is zero at init.
+
+    That is SVD's learned blend α·x + (1 − α)·(x + branch), written so that a zero branch returns x bit for bit.
+    """
+
+    def __init__(self, channels: int, head_dim: int):
+        super().__init__()
+        self.heads = channels // head_dim
+        self.spatial = ResBlock(channels, channels)
+        self.norm = nn.LayerNorm(channels)
+        self.frame_pos = nn.Linear(channels, channels)  # learned map of the sinusoidal frame index
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj_out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj_out.weight)  # identity at init: the decoder starts as the frame-wise TAE
+        nn.init.zeros_(self.proj_out.bias)
+        self.mix_factor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        bt, c, h, w = x.shape
+        y = self.spatial(x)
+        # one sequence of T tokens per clip and pixel: (B·T, C, h, w) -> (B·h·w, T, C)
+        tokens = y.unflatten(0, (-1, num_frames)).permute(0, 3, 4, 1, 2).reshape(-1, num_frames, c)
+        tokens = self.norm(tokens) + self.frame_pos(frame_embedding(num_frames, c, x.device, x.dtype))
+        q, k, v = self.qkv(tokens).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)  # (B·h·w, heads, T, d)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(-1, num_frames, c)
+        branch = self.proj_out(attended).reshape(-1, h, w, num_frames, c).permute(0, 3, 4, 1, 2).reshape(bt, c, h, w)
+        return x + (1 - torch.sigmoid(self.mix_factor)) * branch
+
+
+class TemporalTAEDecoder(Decoder):
+    """(B·T, C, h, w) diffusion-space latents + ``num_frames`` -> (B·T, 3, 8h, 8w) RGB in [-1, 1], like SVD's VAE."""
+
+    arch = "tae-temporal"
+    config_class = TemporalTAEConfig
+
+    def __init__(self, config: TemporalTAEConfig):
+        super().__init__(config)
+        layers = _decoder_layers(config.tae_config)
+        _register_sequence(self, layers)  # same keys as TAEDecoder, so TAE weights load as they are
+        self.num_tae_layers = len(layers)
+        # TAE layers are [Clamp, conv, ReLU, *stage-0 blocks, upsample, ...]: the mid-block goes after stage 0
+        self.temporal_index = 3 + config.blocks[0]
+        self.temporal = TemporalMidBlock(config.widths[0], config.attention_head_dim)
+
+    def forward(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """Decode B clips of ``num_frames`` frames each, flattened clip by clip (frame index fastest), like SVD.
+
+        Args:
+            latents: (B·T, C, h, w) diffusion-space latents.
+            num_frames: frames per clip, T; None treats the whole batch as one clip.
+
+        Returns:
+            (B·T, 3, 8h, 8w) RGB, about [-1, 1] (not clamped).
+        """
+        if latents.ndim != 4 or latents.shape[1] != self.config.latent_channels:
+            raise FastDecodersError(
+                f"{self.arch}: expected latents (B·T, {self.config.latent_channels}, h, w), got {tuple(latents.shape)}"
+            )
+        num_frames = latents.shape[0] if num_frames is None else num_frames
+        if not isinstance(num_frames, int) or num_frames < 1 or latents.shape[0] % num_frames:
+            raise FastDecodersError(
+                f"{self.arch}: {latents.shape[0]} latent frames do not split into clips of num_frames={num_frames}"
+            )
+        x = latents
+        for index in range(self.num_tae_layers):
+            if index == self.temporal_index:
+                x = self.temporal(x, num_frames)
+            x = getattr(self, str(index))(x)
+        return x.mul(2).sub(1)  # the TAE layers emit [0, 1]; diffusers' convention is [-1, 1]
+
+    def load_tae_weights(self, tae_state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a ``TAEDecoder`` state dict (or an upstream TAESD decoder file's) into the TAE layers.
+
+        Keys map one to one; the temporal block keeps its (identity) initialisation. Every TAE key must be present.
+        """
+        tae_keys = {key for key in self.state_dict() if not key.startswith("temporal.")}
+        missing, unexpected = sorted(tae_keys - set(tae_state_dict)), sorted(set(tae_state_dict) - tae_keys)
+        if missing or unexpected:
+            raise FastDecodersError(f"not a matching TAE state dict: missing {missing}, unexpected {unexpected}")
+        try:
+            self.load_state_dict(dict(tae_state_dict), strict=False)
+        except RuntimeError as error:  # shape mismatch: a TAE of other widths or channels
+            raise FastDecodersError(f"TAE weights do not fit {self.config}: {error}".replace("\n", " ")) from None
+
+    @classmethod
+    def from_tae(cls, tae: TAEDecoder, attention_head_dim: int = 64) -> TemporalTAEDecoder:
+        """A temporal decoder that starts as exactly ``tae`` (same layout, its weights, identity mid-block)."""
+        c = tae.config
+        config = TemporalTAEConfig(c.latent_channels, c.widths, c.blocks, attention_head_dim)
+        decoder = cls(config)
+        decoder.load_tae_weights(tae.state_dict())
+        return decoder
+
+
+# -- registered variants --------------------------------------------------------------------------------------------
+
+
+def _register_variants() -> None:
+    from fastdecoders.registry import DecoderSpec, register
+
+    register(DecoderSpec(
+        "tae-temporal-svd", "tae-temporal", TemporalTAEConfig(), "svd",
+        tiny=TemporalTAEConfig(widths=(12,) * 4, blocks=(1, 1, 1, 1), attention_head_dim=4),
+        description="TAE-192 with a temporal attention mid-block for SVD; decode(z, num_frames=T)",
+    ))  # fmt: skip
+
+
+_register_variants()

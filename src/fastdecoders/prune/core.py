@@ -1,0 +1,128 @@
+"""``prune(teacher, keep, latents)``: a narrower decoder of the teacher's architecture, same latent space.
+
+The student is a normal decoder (a TAE with narrower ``widths``, or a diffusers VAE decoder with narrower
+``block_out_channels``) with its own config; ``save_decoder`` writes it and every verb loads it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fastdecoders.errors import FastDecodersError
+from fastdecoders.models import Decoder, TAEDecoder
+from fastdecoders.prune.plan import METHODS, Plan, Stats, calibrate, choose, student_state
+from fastdecoders.weights import load_strict
+
+
+@dataclass
+class PruneResult:
+    student: Decoder
+    plan: Plan
+    selection: dict[str, torch.Tensor]
+    #: per stage, latent side first.
+    teacher_widths: tuple[int, ...]
+    student_widths: tuple[int, ...]
+    keep: tuple[float, ...]
+    method: str
+    folded: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_keep(keep: float | str | Sequence[float]) -> tuple[float, ...]:
+    """``0.5`` / ``"0.5"`` -> (0.5,); ``"1,0.5,0.125"`` -> per stage, latent side first. Each in (0, 1]."""
+    if isinstance(keep, str):
+        try:
+            values = tuple(float(v) for v in keep.replace("/", ",").split(",") if v.strip())
+        except ValueError:
+            raise FastDecodersError(f"--keep takes a ratio or comma-separated ratios per stage, got {keep!r}") from None
+    elif isinstance(keep, (int, float)):
+        values = (float(keep),)
+    else:
+        values = tuple(float(v) for v in keep)
+    if not values or not all(0 < v <= 1 for v in values):
+        raise FastDecodersError(f"keep ratios must lie in (0, 1], got {keep!r}")
+    return values
+
+
+def stage_keeps(keep: Sequence[float], stages: int) -> tuple[float, ...]:
+    if len(keep) == 1:
+        return tuple(keep) * stages
+    if len(keep) != stages:
+        raise FastDecodersError(f"this decoder has {stages} stages (latent side first); got {len(keep)} keep ratios")
+    return tuple(keep)
+
+
+def pruned_width(width: int, keep: float, multiple: int = 8, divisor: int = 1) -> int:
+    """``width · keep`` rounded to a multiple of ``multiple`` (GPU-friendly) and of ``divisor`` (norm groups).
+
+    Small results fall back to multiples of ``divisor`` alone, so tiny test decoders can still be pruned."""
+    if keep >= 1:
+        return width
+    target = width * keep
+    step = math.lcm(multiple, divisor) if target >= multiple else divisor
+    w = max(step, round(target / step) * step)
+    return min(w, width)
+
+
+def prune(
+    teacher: nn.Module,
+    keep: float | str | Sequence[float],
+    latents: torch.Tensor | None = None,
+    *,
+    method: str = "independent",
+    fold: bool = True,
+    multiple: int = 8,
+    batch_size: int = 4,
+) -> PruneResult:
+    """Prune ``teacher`` (a TAE decoder or a diffusers-VAE decoder) to ``keep`` of its channels per stage.
+
+    Args:
+        keep: one ratio for every stage, or one per stage (latent side first), e.g. ``(1, 0.5, 0.125, 0.125)``.
+        latents: calibration latents in the teacher's input layout (diffusion space); required unless
+            ``method="magnitude"`` with ``fold=False``.
+        method: ``independent`` (greedy output-aware), ``pivoted`` (pivoted QR) or ``magnitude`` (filter L1).
+        fold: rebuild dropped channels from kept ones by least squares and fold that into the next layers.
+        multiple: round pruned widths to this multiple (tensor-core friendly) where they are large enough.
+    """
+    if method not in METHODS:
+        raise FastDecodersError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    keeps = parse_keep(keep)
+    teacher = teacher.eval()
+    if isinstance(teacher, TAEDecoder):
+        from fastdecoders.prune.tae import tae_plan, tae_stages, tae_student
+
+        per_stage = stage_keeps(keeps, tae_stages(teacher.config))
+        teacher_widths = tuple(teacher.config.widths)
+        widths = tuple(pruned_width(w, k, multiple) for w, k in zip(teacher_widths, per_stage, strict=True))
+        plan, student, notes = tae_plan(teacher, widths), tae_student(teacher, widths), []
+    else:
+        from fastdecoders.prune.diffusers_vae import vae_of, vae_prune_setup
+
+        setup = vae_prune_setup(vae_of(teacher), keeps, multiple)
+        per_stage, teacher_widths, widths = setup.keep, setup.teacher_widths, setup.widths
+        plan, notes = setup.plan, setup.notes
+        student = setup.build_student(teacher)
+    state = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items()}
+    stats: Stats | None = None
+    if method != "magnitude" or fold:
+        if latents is None:
+            raise FastDecodersError(f"method {method!r}{' with folding' if fold else ''} needs calibration latents")
+        stats = calibrate(teacher, plan, lambda: _feed(teacher, latents, batch_size))
+    selection = choose(plan, state, method, stats)
+    new_state = student_state(plan, state, selection, stats if fold else None)
+    load_strict(student, new_state, "pruned weights")
+    param = next(teacher.parameters())
+    student = student.to(device=param.device, dtype=param.dtype).eval()
+    return PruneResult(student, plan, selection, teacher_widths, widths, per_stage, method, fold, notes)
+
+
+@torch.no_grad()
+def _feed(decoder: nn.Module, latents: torch.Tensor, batch_size: int) -> None:
+    param = next(decoder.parameters())
+    for chunk in latents.split(batch_size):
+        decoder(chunk.to(param.device, param.dtype))
