@@ -51,7 +51,7 @@ def build_sd() -> diffusers.StableDiffusionPipeline:
     # scaling 0.2, not sd1's published 0.18215: the checkpoint's own value must win
     return diffusers.StableDiffusionPipeline(
         vae=_kl_vae(4, scaling_factor=0.2), text_encoder=None, tokenizer=None, unet=_unet(),
-        scheduler=diffusers.DDIMScheduler(), safety_checker=None, feature_extractor=None,
+        scheduler=diffusers.EulerDiscreteScheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )  # fmt: skip
 

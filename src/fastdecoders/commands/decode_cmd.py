@@ -66,7 +66,7 @@ def _decode_images(decoder, latents: torch.Tensor, out: Path) -> dict:
     if len(latents) > 1 and out.suffix:
         raise FastDecodersError(f"{len(latents)} latents need an output folder, got a file name {out}")
     paths = []
-    for i in tqdm(range(len(latents)), desc="decode", unit="img", disable=len(latents) < 2):
+    for i in tqdm(range(len(latents)), desc="decode", unit="img", disable=True if len(latents) < 2 else None):
         image = to_01(decoder(latents[i : i + 1]))[0]
         path = out if out.suffix else out / f"{i:05d}.png"
         paths.append(str(write_image(image, path)))

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> dict:
     paths = list_images(args.images) if args.images else sample_photo_paths()
     paths = paths[: args.limit] if args.limit else paths
     rows, cells = [], []
-    for path in tqdm(paths, desc=f"roundtrip {args.decoder}", unit="img"):
+    for path in tqdm(paths, desc=f"roundtrip {args.decoder}", unit="img", disable=None):  # no bar unless a TTY
         image = read_image(path)
         image = center_crop_resize(image, args.size, space.spatial_factor) if args.size else crop_to_multiple(
             image, space.spatial_factor)  # fmt: skip

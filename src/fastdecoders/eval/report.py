@@ -236,8 +236,8 @@ def write_plot(result: dict[str, Any], path: Path) -> bool:
             if mean is None:
                 continue
             ci = value.get("ci95") if isinstance(value, dict) else d.get(f"{key}_ci95")
-            ax.errorbar(d["ms_per_image"], mean, yerr=ci, fmt="o", capsize=3)
-            ax.annotate(name, (d["ms_per_image"], mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # a legend, not text labels: decoders of one architecture sit on top of each other
+            ax.errorbar(d["ms_per_image"], mean, yerr=ci, fmt="o", capsize=3, label=name)
         times = [d["ms_per_image"] for d in points.values()]
         if max(times) > 10 * min(times):  # spans an order of magnitude: log scale, plain tick labels
             ax.set_xscale("log")
@@ -248,6 +248,7 @@ def write_plot(result: dict[str, Any], path: Path) -> bool:
             ax.set_xlabel(f"ms per image ({result.get('device', 'cpu')})")
         ax.set_ylabel(title + (" (higher is better)" if key == "psnr" else " (lower is better)"))
         ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

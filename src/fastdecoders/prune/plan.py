@@ -323,3 +323,94 @@ def chain(*steps: Callable | None) -> Callable | None:
             step(state, selection)
 
     return apply
+
+
+# -- sequential correction ----------------------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the layer being corrected has been seen."""
+
+
+def forward_order(model: nn.Module, names: list[str], feed_one: Callable[[nn.Module], Any]) -> list[str]:
+    """``names`` in the order a forward pass first reaches them."""
+    seen: list[str] = []
+    handles = []
+    for name in names:
+
+        def hook(mod, args, name=name):
+            if name not in seen:
+                seen.append(name)
+
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            feed_one(model)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen + [n for n in names if n not in seen]
+
+
+@torch.no_grad()
+def refine(
+    teacher: nn.Module,
+    student: nn.Module,
+    plan: Plan,
+    selection: dict[str, torch.Tensor],
+    batches: list[Any],
+    call: Callable[[nn.Module, Any], Any],
+    ridge: float = 1e-3,
+    max_rows: int = 1 << 15,
+) -> None:
+    """Sequential least-squares correction of every layer that reads a pruned space, in forward order.
+
+    For each reader, on the same calibration batches, regress the teacher's full input ``x_t`` (C channels) on the
+    student's actual kept input ``x_s`` (K channels, already carrying every upstream pruning error):
+    ``x_t ≈ B x_s`` with ``B = E[x_t x_sᵀ] E[x_s x_sᵀ]⁻¹``, and set the student's weight to ``W_t · B`` (its rows
+    sliced as the plan says). Unlike ``fold``, which rebuilds dropped channels inside the teacher, this also undoes
+    the drift of the kept channels, so errors do not compound layer after layer.
+    """
+    readers = plan.consumers()
+    order = forward_order(teacher, list(readers), lambda m: call(m, batches[0]))
+    for name in order:
+        spec = plan.params[f"{name}.weight"]
+        t_mod, s_mod = teacher.get_submodule(name), student.get_submodule(name)
+        dim = _channel_dim(t_mod)
+        captured: dict[str, list[torch.Tensor]] = {"t": [], "s": []}
+
+        def grab(which: str):
+            def hook(mod, args):
+                captured[which].append(args[0].detach().movedim(dim, -1).flatten(0, -2))
+                raise _Stop
+
+            return hook
+
+        cross = gram = None
+        h_t, h_s = t_mod.register_forward_pre_hook(grab("t")), s_mod.register_forward_pre_hook(grab("s"))
+        try:
+            for batch in batches:
+                for model in (teacher, student):
+                    try:
+                        call(model, batch)
+                    except _Stop:
+                        pass
+                x_t, x_s = captured["t"].pop(), captured["s"].pop()
+                captured["t"].clear(), captured["s"].clear()
+                if x_t.shape[0] > max_rows:
+                    step = -(-x_t.shape[0] // max_rows)
+                    x_t, x_s = x_t[::step], x_s[::step]
+                x_t, x_s = x_t.to("cpu", torch.float64), x_s.to("cpu", torch.float64)
+                c, g = x_t.T @ x_s, x_s.T @ x_s
+                cross, gram = (c, g) if cross is None else (cross + c, gram + g)
+        finally:
+            h_t.remove(), h_s.remove()
+        lam = ridge * float(gram.diagonal().mean().clamp_min(1e-30))
+        b = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=torch.float64), cross.T).T  # (C, K)
+        w = t_mod.weight.detach().to("cpu", torch.float64)
+        for d in range(len(spec)):
+            index = axis_index(spec[d], selection, plan.spaces) if d != 1 else None
+            if index is not None:
+                w = w.index_select(d, index)
+        w = (w.movedim(1, -1) @ b).movedim(-1, 1)
+        s_mod.weight.copy_(w.to(s_mod.weight.dtype))
