@@ -6,8 +6,8 @@
 
 Which latents: effvit is an image decoder for 4-channel f8 latents, and the registry's ``effvit-sdxl`` is meant for
 SDXL's latent space. SVD latents are Stable Diffusion (sd1) latents: the same shape, but a different encoder and
-scaling, so ``fastdecoders.use`` refuses an sdxl decoder here. For real use, train an effvit on SVD/SD latents
-(``fastdecoders train`` with the effvit arch and ``--latents svd``); its file records that and loads without fuss.
+scaling, so ``fastdecoders.use`` refuses an sdxl decoder here. For real use, train an effvit on SVD (= SD) latents
+with ``fastdecoders train``: the saved file records its latent space, and ``--decoder`` takes it as it is.
 ``--latents svd`` forces a decoder made for other latents onto SVD's, with a warning (expect wrong colours).
 
 With ``--tiny`` the script builds the effvit architecture (its small test config, random weights) and declares it an
@@ -16,8 +16,9 @@ SVD decoder: a stand-in for one trained on SVD latents.
 
 from __future__ import annotations
 
-import fastdecoders
 from svd_framewise import parse_args, run
+
+import fastdecoders
 
 
 def main(argv: list[str] | None = None) -> dict:

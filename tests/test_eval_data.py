@@ -42,6 +42,15 @@ def test_images_are_found_sorted_with_unique_keys_and_a_list_file_works(tmp_path
         load(listed[1], Preprocess())
 
 
+def test_listed_files_with_one_name_get_distinct_keys(tmp_path):
+    _image(tmp_path / "x" / "same.png")
+    _image(tmp_path / "y" / "same.png", seed=1)
+    listing = tmp_path / "lists" / "two.txt"
+    listing.parent.mkdir()
+    listing.write_text(f"{tmp_path / 'x' / 'same.png'}\n{tmp_path / 'y' / 'same.png'}\n")
+    assert [i.key for i in discover("images", listing, Preprocess())] == ["x__same.png", "y__same.png"]
+
+
 def test_preprocessing_is_deterministic_crop_or_resize(tmp_path):
     item = discover("images", _image(tmp_path / "x.png", 45, 70).parent, Preprocess())[0]
     native = load(item, Preprocess(multiple=8)).pixels

@@ -28,8 +28,8 @@ from fastdecoders import FastDecodersError  # noqa: E402
 from fastdecoders.integrations.diffusers import DiffusersVAEAdapter, vae_latent_spaces  # noqa: E402
 from fastdecoders.latents import to_01  # noqa: E402
 
-# -- tiny random pipelines ----------------------------------------------------------------------------------------------
-# Spatial/temporal factors match the real VAEs (the adapter checks them); everything else is as small as diffusers allows.
+# -- tiny random pipelines ---------------------------------------------------------------------------------------------
+# Spatial/temporal factors match the real VAEs (the adapter checks them); the rest is as small as diffusers allows.
 
 
 def _kl_vae(channels: int, **config) -> diffusers.AutoencoderKL:
@@ -118,8 +118,15 @@ def build_wan() -> diffusers.WanPipeline:
     g = torch.Generator().manual_seed(1)
     # checkpoint statistics that differ from the registry's: they must win
     mean, std = torch.randn(16, generator=g).tolist(), (torch.rand(16, generator=g) + 0.5).tolist()
-    vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                     temperal_downsample=[False, True, True], latents_mean=mean, latents_std=std)
+    vae = diffusers.AutoencoderKLWan(
+        base_dim=8,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=mean,
+        latents_std=std,
+    )
     transformer = diffusers.WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
         text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
@@ -145,7 +152,7 @@ def build_ltx() -> diffusers.LTXPipeline:
                                  tokenizer=None, transformer=transformer)  # fmt: skip
 
 
-# -- how each is called, and what comes out ------------------------------------------------------------------------------
+# -- how each is called, and what comes out ----------------------------------------------------------------------------
 
 
 def _embeds(*shape: int) -> torch.Tensor:
@@ -171,25 +178,49 @@ def _sdxl_kwargs() -> dict:
 CASES: dict[str, Case] = {
     "sd": Case(build_sd, lambda: {"prompt_embeds": _embeds(1, 6, 32), "guidance_scale": 1.0}, (64, 64)),
     "sdxl": Case(build_sdxl, _sdxl_kwargs, (64, 64)),
-    "sd3": Case(build_sd3, lambda: {"prompt_embeds": _embeds(1, 6, 32), "pooled_prompt_embeds": _embeds(1, 16),
-                                    "guidance_scale": 1.0}, (64, 48)),  # fmt: skip
+    "sd3": Case(
+        build_sd3,
+        lambda: {"prompt_embeds": _embeds(1, 6, 32), "pooled_prompt_embeds": _embeds(1, 16), "guidance_scale": 1.0},
+        (64, 48),
+    ),  # fmt: skip
     "flux": Case(
-        build_flux, lambda: {"prompt_embeds": _embeds(1, 6, 32), "pooled_prompt_embeds": _embeds(1, 16)}, (64, 48),
+        build_flux,
+        lambda: {"prompt_embeds": _embeds(1, 6, 32), "pooled_prompt_embeds": _embeds(1, 16)},
+        (64, 48),
         latents_for_decoder=lambda pipe, z: pipe._unpack_latents(z, 48, 64, pipe.vae_scale_factor),
     ),
     "svd": Case(
         build_svd,
-        lambda: {"image": _conditioning_image(), "num_frames": 3, "decode_chunk_size": 2, "max_guidance_scale": 1.0,
-                 "min_guidance_scale": 1.0},
-        (64, 64), frames=3, latents_for_decoder=lambda pipe, z: z.flatten(0, 1),
+        lambda: {
+            "image": _conditioning_image(),
+            "num_frames": 3,
+            "decode_chunk_size": 2,
+            "max_guidance_scale": 1.0,
+            "min_guidance_scale": 1.0,
+        },
+        (64, 64),
+        frames=3,
+        latents_for_decoder=lambda pipe, z: z.flatten(0, 1),
     ),  # fmt: skip
-    "wan": Case(build_wan, lambda: {"prompt_embeds": _embeds(1, 6, 32), "num_frames": 5, "guidance_scale": 1.0},
-                (32, 32), frames=5),  # fmt: skip
+    "wan": Case(
+        build_wan,
+        lambda: {"prompt_embeds": _embeds(1, 6, 32), "num_frames": 5, "guidance_scale": 1.0},
+        (32, 32),
+        frames=5,
+    ),  # fmt: skip
     "ltx": Case(
         build_ltx,
-        lambda: {"prompt_embeds": _embeds(1, 6, 32), "prompt_attention_mask": torch.ones(1, 6), "num_frames": 9,
-                 "guidance_scale": 1.0, "decode_timestep": 0.05, "decode_noise_scale": 0.5},
-        (64, 64), frames=9, latents_for_decoder=lambda pipe, z: pipe._unpack_latents(z, 2, 2, 2),
+        lambda: {
+            "prompt_embeds": _embeds(1, 6, 32),
+            "prompt_attention_mask": torch.ones(1, 6),
+            "num_frames": 9,
+            "guidance_scale": 1.0,
+            "decode_timestep": 0.05,
+            "decode_noise_scale": 0.5,
+        },
+        (64, 64),
+        frames=9,
+        latents_for_decoder=lambda pipe, z: pipe._unpack_latents(z, 2, 2, 2),
     ),  # fmt: skip
 }
 
@@ -282,7 +313,7 @@ def check_run(name: str, run: Run) -> None:
     assert np.abs(_pixels(images) - _as_uint8(ours)).max() <= 1, "the images are not our decoder's output"
 
 
-# -- the pipelines ---------------------------------------------------------------------------------------------------
+# -- the pipelines -----------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -293,8 +324,7 @@ def check_run(name: str, run: Run) -> None:
         ("sdxl", "effvit-sdxl"),
         ("sd3", "taesd3"),
         ("flux", "taef1"),
-        ("svd", "taesd"),  # an sd1 image decoder on SVD latents, frame by frame
-        ("svd", "tae-temporal-svd"),  # gets num_frames (decode_chunk_size 2 of 3 frames: chunks of 2 and 1)
+        ("svd", "taesd"),  # an sd1 image decoder on SVD latents, frame by frame (the temporal one: below)
         ("wan", "tae-causal-wan2.1"),
         ("ltx", "tae-causal-ltx-video"),
     ],
@@ -304,6 +334,7 @@ def test_pipeline_decodes_with_ours(name: str, decoder: str):
 
 
 def test_temporal_decoder_gets_num_frames_per_chunk():
+    """decode_chunk_size 2 of 3 frames: SVD decodes chunks of 2 and 1 frames, each a clip for tae-temporal-svd."""
     decoder = fastdecoders.build_decoder("tae-temporal-svd", tiny=True)
     seen: list[int | None] = []
     decoder.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs.get("num_frames")), with_kwargs=True)
@@ -319,6 +350,9 @@ def test_forced_latent_space_warns_and_runs():
     with pytest.warns(UserWarning, match="made for sdxl"):
         run = run_with("svd", decoder, latents="svd")
     check_run("svd", run)
+    # forcing cannot make 16-channel latents out of 4
+    with pytest.warns(UserWarning), pytest.raises(FastDecodersError, match="takes 16-channel latents; svd has 4"):
+        fastdecoders.use(pipeline("svd"), fastdecoders.build_decoder("taef1", tiny=True), latents="svd")
 
 
 def test_sdxl_fp16_force_upcast_path():
@@ -340,7 +374,7 @@ def test_sdxl_fp16_force_upcast_path():
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
 
 
-# -- errors and bookkeeping ------------------------------------------------------------------------------------------
+# -- errors and bookkeeping --------------------------------------------------------------------------------------------
 
 
 def test_mismatched_latent_space_is_one_clear_error():
@@ -362,6 +396,18 @@ def test_identifies_latent_spaces():
     assert [s.name for s in vae_latent_spaces(pipeline("svd").vae)] == ["svd"]
     assert [s.name for s in vae_latent_spaces(pipeline("wan").vae)] == ["wan2.1"]
     assert [s.name for s in vae_latent_spaces(pipeline("ltx").vae)] == ["ltx-video"]
+
+
+def test_unknown_vae_class_trusts_a_decoder_of_the_right_shape():
+    """A VAE class no family uses (here diffusers' AutoencoderTiny, scaling 1): warned about, decoded as is."""
+    tiny_vae = diffusers.AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4)
+    decoder = fastdecoders.build_decoder("taesdxl", tiny=True)
+    with pytest.warns(UserWarning, match="cannot tell which latent space"):
+        adapter = DiffusersVAEAdapter(tiny_vae, decoder, pipeline_name="StableDiffusionXLPipeline")
+    z = torch.randn(1, 4, 4, 4)
+    torch.testing.assert_close(adapter.decode(z).sample, decoder(z))
+    with pytest.raises(FastDecodersError, match="reads flux1 latents"):
+        DiffusersVAEAdapter(tiny_vae, fastdecoders.build_decoder("taef1", tiny=True))
 
 
 def test_restore_nesting_and_delegation():

@@ -14,11 +14,11 @@ from fastdecoders.quality import half_size, roundtrip_scores
 
 # measured at half resolution (benchmarks/kodak_roundtrip.py, CPU fp32, 2026-11-22)
 MEASURED_HALF = {  # name: (encoder, mean PSNR dB, mean SSIM)
-    "taesd": ("taesd_encoder", None, None),
-    "taesdxl": ("taesdxl_encoder", None, None),
-    "taesd3": ("taesd3_encoder", None, None),
-    "taef1": ("taef1_encoder", None, None),
-    "taef2": ("taef2_encoder", None, None),
+    "taesd": ("taesd_encoder", 24.15, 0.6553),
+    "taesdxl": ("taesdxl_encoder", 24.06, 0.6612),
+    "taesd3": ("taesd3_encoder", 27.72, 0.8033),
+    "taef1": ("taef1_encoder", 26.34, 0.7880),
+    "taef2": ("taef2_encoder", 28.62, 0.8528),
 }
 
 

@@ -8,7 +8,6 @@ so running the same command again after an interruption resumes.
 from __future__ import annotations
 
 import argparse
-import os
 
 from fastdecoders.commands import add_device, add_weights_dir, format_table
 from fastdecoders.errors import FastDecodersError
@@ -45,14 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="resize the short side to SIZE and centre-crop to "
-        "SIZE² (default: native size, centre-cropped to a multiple of the latent factor)",
+        "SIZE²; without it: native size, centre-cropped to a multiple of the latent factor",
     )
     parser.add_argument("--limit", type=int, default=None, help="use at most this many input files (sorted order)")
     parser.add_argument(
         "--metrics",
         default=None,
-        help=f"comma-separated subset of {','.join(ALL_METRICS)} "
-        "(default: all whose weights are found; missing ones are listed as skipped)",
+        help=f"comma-separated subset of {','.join(ALL_METRICS)}"
+        "; without it: all whose weights are found, the missing ones listed as skipped",
     )
     video = parser.add_argument_group("video")
     video.add_argument("--clip-length", type=int, default=17, help="frames per clip (causal video VAEs: 1 + k·factor)")
@@ -69,10 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     video.add_argument("--fvd-range", default="pm1", choices=VideoFeatures.RANGES, help="FVD network input range")
     parser.add_argument(
         "--lpips-weights",
-        default=os.environ.get(LPIPS_ENV),
+        default=None,
         metavar="FILE|DIR",
-        help="torchvision alexnet/vgg16 ImageNet checkpoint(s) for LPIPS (default: "
-        f"${LPIPS_ENV}, then torch's hub cache)",
+        help=f"torchvision alexnet/vgg16 ImageNet checkpoint(s) for LPIPS; then ${LPIPS_ENV}, then torch's hub cache",
     )
     parser.add_argument(
         "--vae",
@@ -83,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--latents-space", dest="space", default=None, help="latent space of decoder files that do not say"
     )
-    parser.add_argument("--cache", default=None, help="cache folder (default: OUT/cache)")
+    parser.add_argument("--cache", default=None, help="cache folder; without it: OUT/cache")
     parser.add_argument("--no-resume", action="store_true", help="recompute everything (the cache is rewritten)")
     parser.add_argument("--grids", type=int, default=4, help="inputs shown side by side in the report")
     parser.add_argument("--crop-size", type=int, default=128, help="side of the 1:1 detail crops")

@@ -140,15 +140,27 @@ def discover(
         }[kind]
         raise FastDecodersError(f"{source} holds no {kind} (looked for {', '.join(wanted)})")
     paths = paths[:limit] if limit else paths
+    keys = _unique_keys(root, paths)
     if kind == "videos":
-        return [
-            Item(_key(root, p) + (f"#clip{k}" if k else ""), p, kind, k)
-            for p in paths
-            for k in range(prep.clips_per_video)
-        ]
+        return [Item(keys[p] + (f"#clip{k}" if k else ""), p, kind, k) for p in paths
+                for k in range(prep.clips_per_video)]  # fmt: skip
     if kind == "latents":
-        return [item for p in paths for item in _latent_items(root, p, latent_ndim)]
-    return [Item(_key(root, p), p, kind) for p in paths]
+        return [item for p in paths for item in _latent_items(keys[p], p, latent_ndim)]
+    return [Item(keys[p], p, kind) for p in paths]
+
+
+def _unique_keys(root: Path, paths: list[Path]) -> dict[Path, str]:
+    """Cache keys per path: relative to the root, or the file name for listed files elsewhere; listed files that
+    share a name get their folders added until the keys differ (a cache key must never name two inputs)."""
+    keys = {p: _key(root, p) for p in paths}
+    depth = 2
+    while len(set(keys.values())) < len(keys) and depth <= max(len(p.parts) for p in paths):
+        seen: dict[str, int] = {}
+        for k in keys.values():
+            seen[k] = seen.get(k, 0) + 1
+        keys = {p: "__".join(p.parts[-depth:]) if seen[k] > 1 else k for p, k in keys.items()}
+        depth += 1
+    return keys
 
 
 def _scan(kind: str, folder: Path) -> list[Path]:
@@ -165,7 +177,7 @@ def _scan(kind: str, folder: Path) -> list[Path]:
     return sorted(videos + frame_dirs)
 
 
-def _latent_items(root: Path, path: Path, latent_ndim: int | None) -> list[Item]:
+def _latent_items(key: str, path: Path, latent_ndim: int | None) -> list[Item]:
     """One item per batch element of a latents file (read once here: latent files are small)."""
     from fastdecoders.io import read_latents
 
@@ -174,7 +186,7 @@ def _latent_items(root: Path, path: Path, latent_ndim: int | None) -> list[Item]
         count = 1 if latents.ndim == latent_ndim else len(latents)
     except FastDecodersError:
         count = 1  # unreadable: one item, skipped with its reason on load
-    return [Item(_key(root, path) + (f"#{i}" if count > 1 else ""), path, "latents", i) for i in range(count)]
+    return [Item(key + (f"#{i}" if count > 1 else ""), path, "latents", i) for i in range(count)]
 
 
 # -- loading --------------------------------------------------------------------------------------------------------

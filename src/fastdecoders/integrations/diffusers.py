@@ -133,7 +133,7 @@ def _decoders_for(space: LatentSpace) -> list[str]:
 
 
 def _decoder_kind(decoder: nn.Module) -> str:
-    """"video" (NCTHW clips), "temporal" (frames + ``num_frames``, like SVD's decoder) or "image" (NCHW)."""
+    """ "video" (NCTHW clips), "temporal" (frames + ``num_frames``, like SVD's decoder) or "image" (NCHW)."""
     if getattr(decoder, "latent_ndim", 4) == 5:
         return "video"
     if "num_frames" in inspect.signature(decoder.forward).parameters:
@@ -207,6 +207,10 @@ class DiffusersVAEAdapter(nn.Module):
             )
         for space in spaces:
             if same_latents(space, self.decoder_space):
+                channels = getattr(self.fast_decoder, "latent_channels", space.channels)
+                if channels != space.channels:  # only possible when latents= forced a space onto the decoder
+                    name, want = _name(self.fast_decoder), space.channels
+                    raise FastDecodersError(f"{name} takes {channels}-channel latents; {space.name} has {want}")
                 return space
         names = " or ".join(s.name for s in spaces)
         fits = sorted({n for s in spaces for n in _decoders_for(s)})
@@ -248,20 +252,29 @@ class DiffusersVAEAdapter(nn.Module):
         return next(self.fast_decoder.parameters()).device
 
     def __getattr__(self, name: str) -> Any:
-        # nn.Module keeps children in _modules; anything else a pipeline asks of its VAE (latents_mean buffers,
-        # spatial_compression_ratio, post_quant_conv, enable_tiling, …) is the original VAE's
+        # nn.Module keeps children in _modules; any other public name a pipeline asks of its VAE (latents_mean
+        # buffers, spatial_compression_ratio, post_quant_conv, enable_tiling, …) is the original VAE's. Private names
+        # (accelerate's _hf_hook, torch.compile's _orig_mod) are not delegated: they describe this module.
         try:
             return super().__getattr__(name)
         except AttributeError:
             modules = self.__dict__.get("_modules", {})
-            if "original_vae" not in modules:
+            if name.startswith("_") or "original_vae" not in modules:
                 raise
             return getattr(modules["original_vae"], name)
+
+    def _onload(self) -> None:
+        """Run accelerate's offload hook if ``enable_model_cpu_offload`` put one on the adapter. Hooks fire on
+        ``forward`` but pipelines call ``encode``/``decode``; diffusers' ``apply_forward_hook`` does the same."""
+        hook = self.__dict__.get("_hf_hook")
+        if hook is not None and hasattr(hook, "pre_forward"):
+            hook.pre_forward(self)
 
     # -- the VAE interface ------------------------------------------------------------------------------------------
 
     def encode(self, *args: Any, **kwargs: Any) -> Any:
         """The original VAE's ``encode``: latents stay in the pipeline's latent space."""
+        self._onload()
         return self.original_vae.encode(*args, **kwargs)
 
     def decode(self, z: torch.Tensor, *args: Any, **kwargs: Any) -> DecoderOutput | tuple[torch.Tensor]:
@@ -274,12 +287,16 @@ class DiffusersVAEAdapter(nn.Module):
         """
         if len(args) > len(self._decode_params):
             raise TypeError(f"decode() takes at most {len(self._decode_params) + 1} positional arguments")
-        options = dict(zip(self._decode_params, args)) | kwargs
+        options = dict(zip(self._decode_params, args, strict=False)) | kwargs
         return_dict = options.get("return_dict", True)
         num_frames = options.get("num_frames")
         self._check_input(z)
-        latents = self._space.to_diffusion(z.float(), mean=self._mean, std=self._std)
-        latents = latents.to(device=self.device, dtype=self.dtype)
+        self._onload()
+        if z.device != self.device:
+            # the pipeline sends latents to the VAE's execution device, which under offloading (a hook on the
+            # original VAE) is not where weights rest; our decoder is small, so it moves to the latents
+            self.fast_decoder.to(z.device)
+        latents = self._space.to_diffusion(z.float(), mean=self._mean, std=self._std).to(self.dtype)
         sample = self._run(latents, num_frames)
         self._check_output(z, sample)
         return DecoderOutput(sample) if return_dict else (sample,)
@@ -405,9 +422,7 @@ class DecoderSwap:
         return f"DecoderSwap({_name(self.decoder)} in {type(self.pipe).__name__}, {state})"
 
 
-def use(
-    pipe: Any, decoder: str | Decoder, *, latents: str | None = None, **load_kwargs: Any
-) -> DecoderSwap:
+def use(pipe: Any, decoder: str | Decoder, *, latents: str | None = None, **load_kwargs: Any) -> DecoderSwap:
     """Decode ``pipe``'s latents with a fastdecoders decoder; ``output_type="pil"`` etc. work unchanged.
 
     >>> swap = fastdecoders.use(pipe, "taesdxl")            # pipe.vae is now the adapter
@@ -427,7 +442,9 @@ def use(
     """
     vae = getattr(pipe, "vae", None)
     if vae is None:
-        raise FastDecodersError(f"{type(pipe).__name__} has no vae; load the pipeline with its VAE (it holds the scaling)")
+        raise FastDecodersError(
+            f"{type(pipe).__name__} has no vae; load the pipeline with its VAE (it holds the scaling)"
+        )
     previous = vae
     if isinstance(vae, DiffusersVAEAdapter):  # swapping again: wrap the real VAE, not the earlier adapter
         vae = vae.original_vae

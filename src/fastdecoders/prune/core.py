@@ -101,13 +101,15 @@ def prune(
         widths = tuple(pruned_width(w, k, multiple) for w, k in zip(teacher_widths, per_stage, strict=True))
         plan, student, notes = tae_plan(teacher, widths), tae_student(teacher, widths), []
     else:
-        from fastdecoders.prune.diffusers_vae import vae_of, vae_prune_setup
+        from fastdecoders.prune.diffusers_vae import as_teacher, vae_prune_setup
 
-        setup = vae_prune_setup(vae_of(teacher), keeps, multiple)
+        teacher = as_teacher(teacher).eval()
+        setup = vae_prune_setup(teacher.vae, keeps, multiple)
         per_stage, teacher_widths, widths = setup.keep, setup.teacher_widths, setup.widths
         plan, notes = setup.plan, setup.notes
         student = setup.build_student(teacher)
-    state = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items()}
+    wanted = set(student.state_dict())  # a wrapped teacher may still hold its encoder: leave it out
+    state = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items() if k in wanted or k in plan.params}
     stats: Stats | None = None
     if method != "magnitude" or fold:
         if latents is None:
