@@ -133,7 +133,7 @@ def _decoders_for(space: LatentSpace) -> list[str]:
 
 
 def _decoder_kind(decoder: nn.Module) -> str:
-    """ "video" (NCTHW clips), "temporal" (frames + ``num_frames``, like SVD's decoder) or "image" (NCHW)."""
+    """How the decoder is called: "video" (NCTHW clips), "temporal" (frames + ``num_frames``, like SVD's) or "image"."""
     if getattr(decoder, "latent_ndim", 4) == 5:
         return "video"
     if "num_frames" in inspect.signature(decoder.forward).parameters:
@@ -386,7 +386,8 @@ def _checkpoint_statistics(vae: nn.Module, space: LatentSpace) -> tuple[LatentSp
 
 class DecoderSwap:
     """What ``use`` returns: ``pipe.vae`` is already the adapter. ``restore()`` (or leaving a ``with`` block) puts back
-    what was there before.
+    what was there before. Restore before ``pipe.save_pretrained``: the adapter is not a diffusers model and would be
+    recorded in ``model_index.json`` as one.
 
     Attributes:
         pipe: the pipeline.

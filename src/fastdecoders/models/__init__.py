@@ -7,9 +7,10 @@ from fastdecoders.models.causal import CausalTAEDecoder
 from fastdecoders.models.effvit import EffViTDecoder
 from fastdecoders.models.tae import TAEConfig, TAEDecoder, TAEEncoder, TAEEncoderConfig
 from fastdecoders.models.temporal import TemporalTAEDecoder
+from fastdecoders.prune.arch import VAEDecoder  # pruned diffusers VAE decoders (fastdecoders prune)
 
 ARCHITECTURES: dict[str, type[Decoder]] = {
-    cls.arch: cls for cls in (TAEDecoder, EffViTDecoder, TemporalTAEDecoder, CausalTAEDecoder)
+    cls.arch: cls for cls in (TAEDecoder, EffViTDecoder, TemporalTAEDecoder, CausalTAEDecoder, VAEDecoder)
 }
 
 __all__ = ["ARCHITECTURES", "Decoder", "DecoderOutput", "TAEConfig", "TAEDecoder", "TAEEncoder", "TAEEncoderConfig"]

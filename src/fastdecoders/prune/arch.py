@@ -40,8 +40,8 @@ class VAEDecoderConfig:
 
     @property
     def latent_channels(self) -> int:
-        c = self.vae_config
-        return int(c.get("z_dim", c.get("latent_channels", 4 if self.vae_class == "AutoencoderKL" else 128)))
+        default = {"AutoencoderKL": 4, "AutoencoderKLWan": 16, "AutoencoderKLLTXVideo": 128}[self.vae_class]
+        return int(self.vae_config.get("z_dim", self.vae_config.get("latent_channels", default)))
 
 
 def vae_kwargs(vae: nn.Module) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models import Decoder, TAEDecoder
 from fastdecoders.prune.plan import METHODS, Plan, Stats, calibrate, choose, student_state
+from fastdecoders.prune.plan import refine as refine_layers
 from fastdecoders.weights import load_strict
 
 
@@ -78,6 +79,7 @@ def prune(
     fold: bool = True,
     multiple: int = 8,
     batch_size: int = 4,
+    refine: bool = False,
 ) -> PruneResult:
     """Prune ``teacher`` (a TAE decoder or a diffusers-VAE decoder) to ``keep`` of its channels per stage.
 
@@ -88,6 +90,8 @@ def prune(
         method: ``independent`` (greedy output-aware), ``pivoted`` (pivoted QR) or ``magnitude`` (filter L1).
         fold: rebuild dropped channels from kept ones by least squares and fold that into the next layers.
         multiple: round pruned widths to this multiple (tensor-core friendly) where they are large enough.
+        refine: after folding, correct every reading layer in forward order by least squares against the teacher
+            on the calibration latents (``plan.refine``); slower (two partial forwards per layer), better start.
     """
     if method not in METHODS:
         raise FastDecodersError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -120,7 +124,18 @@ def prune(
     load_strict(student, new_state, "pruned weights")
     param = next(teacher.parameters())
     student = student.to(device=param.device, dtype=param.dtype).eval()
+    if refine:
+        if latents is None:
+            raise FastDecodersError("refine needs calibration latents")
+        batches = list(latents.split(batch_size))
+        refine_layers(teacher, student, plan, selection, batches, lambda m, b: m(b.to(param.device, param.dtype)))
     return PruneResult(student, plan, selection, teacher_widths, widths, per_stage, method, fold, notes)
+
+
+def decoder_parameters(decoder: nn.Module) -> int:
+    """Parameters a decoder uses (a wrapped diffusers VAE may still hold its encoder: not counted)."""
+    skip = ("vae.encoder.", "vae.quant_conv.")
+    return sum(p.numel() for n, p in decoder.named_parameters() if not n.startswith(skip))
 
 
 @torch.no_grad()

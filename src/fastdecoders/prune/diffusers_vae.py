@@ -66,6 +66,55 @@ def as_teacher(decoder: nn.Module, latent_space: str | None = None) -> VAEDecode
     return VAEDecoder.wrap(vae_of(decoder), space)
 
 
+# Published decoder configs of each family's VAE (random weights here: structure and speed checks). AutoencoderKL:
+# stable-diffusion-v1-5 / stabilityai/sdxl-vae / FLUX.1-dev / SD3 vae/config.json; Wan 2.1 and LTX-Video 0.9.0 are
+# the diffusers class defaults (== Wan-AI/Wan2.1-T2V-1.3B-Diffusers and Lightricks/LTX-Video vae/config.json).
+_KL = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
+       "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4}  # fmt: skip
+REFERENCE_VAES: dict[str, tuple[str, dict[str, Any]]] = {
+    "sd1": ("AutoencoderKL", {**_KL, "latent_channels": 4, "scaling_factor": 0.18215}),
+    "sdxl": ("AutoencoderKL", {**_KL, "latent_channels": 4, "scaling_factor": 0.13025}),
+    "sd3": ("AutoencoderKL", {**_KL, "latent_channels": 16, "scaling_factor": 1.5305, "shift_factor": 0.0609,
+                              "use_quant_conv": False, "use_post_quant_conv": False}),
+    "flux1": ("AutoencoderKL", {**_KL, "latent_channels": 16, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+                                "use_quant_conv": False, "use_post_quant_conv": False}),
+    "wan2.1": ("AutoencoderKLWan", {}),
+    "ltx-video": ("AutoencoderKLLTXVideo", {}),
+}  # fmt: skip
+
+
+def reference_teacher(space: str) -> VAEDecoder:
+    """A ``vae-decoder`` of ``space``'s published VAE config with random weights (no encoder)."""
+    if space not in REFERENCE_VAES:
+        raise FastDecodersError(f"random:{space}: known families {', '.join(REFERENCE_VAES)}")
+    cls, config = REFERENCE_VAES[space]
+    decoder = VAEDecoder(VAEDecoderConfig(cls, config))
+    decoder.latent_space_name = space
+    decoder.registry_name = f"random:{space}"
+    return decoder
+
+
+def diffusers_folder_teacher(folder: str, latent_space: str | None) -> VAEDecoder:
+    """A diffusers VAE folder (``config.json`` + weights) as a teacher; its latent space from ``latent_space`` or, for
+    Wan and LTX, from the class."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    cls = config.get("_class_name")
+    if cls not in SUPPORTED_VAES:
+        raise FastDecodersError(f"{folder}/config.json is a {cls}; expected one of {', '.join(SUPPORTED_VAES)}")
+    guess = {"AutoencoderKLWan": "wan2.1" if config.get("z_dim", 16) == 16 else "wan2.2",
+             "AutoencoderKLLTXVideo": "ltx-video"}.get(cls)  # fmt: skip
+    space = latent_space or guess
+    if space is None:
+        raise FastDecodersError(f"{folder}: an AutoencoderKL serves several families; pass --latents (e.g. sdxl)")
+    import diffusers
+
+    vae = getattr(diffusers, cls).from_pretrained(folder)
+    return VAEDecoder.wrap(vae, space)
+
+
 def vae_prune_setup(vae: nn.Module, keeps: Sequence[float], multiple: int = 8) -> VAESetup:
     from fastdecoders.prune.core import stage_keeps
 
@@ -111,7 +160,7 @@ class _Builder:
             self.plan.params[f"{prefix}.bias"] = (out,)
 
 
-# -- AutoencoderKL ----------------------------------------------------------------------------------------------------
+# -- AutoencoderKL ---------------------------------------------------------------------------------------------------
 
 
 def _kl(vae: nn.Module, keeps, multiple: int, stage_keeps: Callable) -> VAESetup:
@@ -134,7 +183,7 @@ def _kl(vae: nn.Module, keeps, multiple: int, stage_keeps: Callable) -> VAESetup
     b.conv(f"{PREFIX}conv_in", s0, None)
     for j, resnet in enumerate(dec.mid_block.resnets):
         _kl_resnet(b, f"{PREFIX}mid_block.resnets.{j}", resnet, s0, s0, teacher[0], widths[0])
-    for j, attn in enumerate(a for a in dec.mid_block.attentions if a is not None):
+    for j in (j for j, a in enumerate(dec.mid_block.attentions) if a is not None):
         _kl_attention(b, f"{PREFIX}mid_block.attentions.{j}", s0, teacher[0], widths[0])
     stream = s0
     for i, block in enumerate(dec.up_blocks):
@@ -180,7 +229,7 @@ def _kl_attention(b: _Builder, p: str, stream: str, size: int, keep: int) -> Non
     b.plan.finalize = chain(b.plan.finalize, attention_rescale(f"{p}.to_q", None, size, keep))
 
 
-# -- AutoencoderKLWan (Wan 2.1 layout) --------------------------------------------------------------------------------
+# -- AutoencoderKLWan (Wan 2.1 layout) -------------------------------------------------------------------------------
 
 
 def _wan(vae: nn.Module, keeps, multiple: int, stage_keeps: Callable) -> VAESetup:
@@ -256,7 +305,7 @@ def _wan_attention(b: _Builder, p: str, stream: str, size: int, keep: int) -> No
     b.plan.finalize = chain(b.plan.finalize, attention_rescale(f"{p}.to_qkv", slice(0, keep), size, keep))
 
 
-# -- AutoencoderKLLTXVideo (0.9.0 layout) -----------------------------------------------------------------------------
+# -- AutoencoderKLLTXVideo (0.9.0 layout) ----------------------------------------------------------------------------
 
 
 def _ltx(vae: nn.Module, keeps, multiple: int, stage_keeps: Callable) -> VAESetup:

@@ -31,7 +31,7 @@ from fastdecoders.errors import FastDecodersError
 SWAP_KINDS = ("sep3d", "frame2d")
 
 
-# -- replacement operators ----------------------------------------------------------------------------------------------
+# -- replacement operators -------------------------------------------------------------------------------------------
 
 
 def _triple(v: int | Sequence[int]) -> tuple[int, int, int]:
@@ -90,7 +90,7 @@ class FrameConv2d(nn.Module):
         return y.reshape(b, t, -1, h, w).transpose(1, 2)
 
 
-# -- initialisation from a dense 3-D kernel -----------------------------------------------------------------------------
+# -- initialisation from a dense 3-D kernel --------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -120,7 +120,7 @@ def frame_from_dense(weight: torch.Tensor, bias: torch.Tensor | None, frame: Fra
         frame.conv.bias.zero_()
 
 
-# -- which convs a stage has, and swapping them -------------------------------------------------------------------------
+# -- which convs a stage has, and swapping them ----------------------------------------------------------------------
 
 
 def _is_wan(vae: nn.Module) -> bool:
@@ -218,7 +218,7 @@ def swap_operators(decoder: nn.Module, sep3d_stages: Sequence[int] = (), frame2d
     return new
 
 
-# -- timing and profiling ---------------------------------------------------------------------------------------------
+# -- timing and profiling --------------------------------------------------------------------------------------------
 
 
 def _sync(device: torch.device) -> None:
@@ -271,7 +271,8 @@ def profile_stages(
 ) -> dict[str, Any]:
     """Per stage: milliseconds (one profiled run after a warm-up) and the top operators by time.
 
-    Returns ``{"device", "total_ms", "stages": [{"stage", "ms", "share", "dominant", "ops": [{"op", "ms", "share"}]}]}``.
+    Returns ``{"device", "total_ms", "stages": [{"stage", "ms", "share", "dominant", "ops": [{"op", "ms", "share"}]}]}``
+    (shares of the profile's total, and of the stage's time for ops).
     Times are self-consistent within one profile (profiling adds overhead; use ``time_decode`` for speed).
     """
     from torch.profiler import ProfilerActivity, profile, record_function

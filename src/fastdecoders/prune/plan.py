@@ -146,7 +146,7 @@ def axis_index(spec: AxisSpec, selection: dict[str, torch.Tensor], spaces: dict[
     return torch.cat([selection[name] + offset for name, offset in _segments(spec, spaces)])
 
 
-# -- calibration --------------------------------------------------------------------------------------------------------
+# -- calibration -----------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -201,7 +201,7 @@ def calibrate(model: nn.Module, plan: Plan, run: Callable[[], Any], max_rows: in
     return stats
 
 
-# -- selection ----------------------------------------------------------------------------------------------------------
+# -- selection -------------------------------------------------------------------------------------------------------
 
 
 def choose(
@@ -249,7 +249,7 @@ def _qk_score(plan: Plan, space: str, state, stats: Stats | None, method: str) -
     return score
 
 
-# -- the student's weights ----------------------------------------------------------------------------------------------
+# -- the student's weights -------------------------------------------------------------------------------------------
 
 
 def student_state(
@@ -325,7 +325,7 @@ def chain(*steps: Callable | None) -> Callable | None:
     return apply
 
 
-# -- sequential correction ----------------------------------------------------------------------------------------------
+# -- sequential correction -------------------------------------------------------------------------------------------
 
 
 class _Stop(Exception):
@@ -369,20 +369,23 @@ def refine(
     student's actual kept input ``x_s`` (K channels, already carrying every upstream pruning error):
     ``x_t ≈ B x_s`` with ``B = E[x_t x_sᵀ] E[x_s x_sᵀ]⁻¹``, and set the student's weight to ``W_t · B`` (its rows
     sliced as the plan says). Unlike ``fold``, which rebuilds dropped channels inside the teacher, this also undoes
-    the drift of the kept channels, so errors do not compound layer after layer.
+    the drift of the kept channels, so errors do not compound layer after layer. Image decoders stop each forward
+    at the layer being fitted; video decoders (which call a layer once per chunk) run whole.
     """
     readers = plan.consumers()
     order = forward_order(teacher, list(readers), lambda m: call(m, batches[0]))
+    stop_early = getattr(teacher, "latent_ndim", 4) == 4
     for name in order:
         spec = plan.params[f"{name}.weight"]
         t_mod, s_mod = teacher.get_submodule(name), student.get_submodule(name)
         dim = _channel_dim(t_mod)
         captured: dict[str, list[torch.Tensor]] = {"t": [], "s": []}
 
-        def grab(which: str):
+        def grab(which: str, captured=captured, dim=dim):
             def hook(mod, args):
                 captured[which].append(args[0].detach().movedim(dim, -1).flatten(0, -2))
-                raise _Stop
+                if stop_early:
+                    raise _Stop
 
             return hook
 
@@ -395,7 +398,9 @@ def refine(
                         call(model, batch)
                     except _Stop:
                         pass
-                x_t, x_s = captured["t"].pop(), captured["s"].pop()
+                if not captured["t"]:
+                    continue
+                x_t, x_s = torch.cat(captured["t"]), torch.cat(captured["s"])
                 captured["t"].clear(), captured["s"].clear()
                 if x_t.shape[0] > max_rows:
                     step = -(-x_t.shape[0] // max_rows)
@@ -405,6 +410,8 @@ def refine(
                 cross, gram = (c, g) if cross is None else (cross + c, gram + g)
         finally:
             h_t.remove(), h_s.remove()
+        if gram is None:
+            continue
         lam = ridge * float(gram.diagonal().mean().clamp_min(1e-30))
         b = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=torch.float64), cross.T).T  # (C, K)
         w = t_mod.weight.detach().to("cpu", torch.float64)
@@ -413,4 +420,4 @@ def refine(
             if index is not None:
                 w = w.index_select(d, index)
         w = (w.movedim(1, -1) @ b).movedim(-1, 1)
-        s_mod.weight.copy_(w.to(s_mod.weight.dtype))
+        s_mod.weight.copy_(w.to(s_mod.weight.device, s_mod.weight.dtype))

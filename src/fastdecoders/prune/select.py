@@ -77,9 +77,7 @@ def _check_keep(channels: int, keep: int) -> None:
         raise FastDecodersError(f"keep must be within 1..{channels} channels, got {keep}")
 
 
-def select_independent(
-    terms: Sequence[tuple[torch.Tensor, torch.Tensor]], keep: int, blocks: int = 1
-) -> torch.Tensor:
+def select_independent(terms: Sequence[tuple[torch.Tensor, torch.Tensor]], keep: int, blocks: int = 1) -> torch.Tensor:
     """Greedy output-aware selection: sorted indices of ``keep`` channels.
 
     Args:
@@ -116,9 +114,7 @@ def select_independent(
     return taken.nonzero().flatten()
 
 
-def select_pivoted(
-    terms: Sequence[tuple[torch.Tensor, torch.Tensor]], keep: int, blocks: int = 1
-) -> torch.Tensor:
+def select_pivoted(terms: Sequence[tuple[torch.Tensor, torch.Tensor]], keep: int, blocks: int = 1) -> torch.Tensor:
     """Pivoted-Cholesky (pivoted QR of the activations) selection: each step keeps the channel with the most
     residual energy ``Σ_c M_c[j, j] · R_c[j, j]`` not explained by the channels kept so far."""
     channels = terms[0][0].shape[0]
@@ -148,8 +144,7 @@ def select_magnitude(scores: torch.Tensor, keep: int, blocks: int = 1) -> torch.
     _check_keep(channels, keep)
     block, quota = _block_of(channels, blocks, keep)
     chosen = [
-        torch.nonzero(block == b).flatten()[scores[block == b].argsort(descending=True)[:quota]]
-        for b in range(blocks)
+        torch.nonzero(block == b).flatten()[scores[block == b].argsort(descending=True)[:quota]] for b in range(blocks)
     ]
     return torch.cat(chosen).sort().values
 

@@ -1,0 +1,180 @@
+"""``fastdecoders prune TEACHER --keep RATIO -o OUT``: a pruned decoder of the teacher's architecture and latent space.
+
+``--keep`` takes one ratio or one per stage, latent side first (``1,0.5,0.125,0.125`` is Flash-VAED's Wan
+384/192/24/12). ``--pareto 0.75,0.5,0.25`` instead prunes at each ratio with each ``--methods`` entry and writes a
+speed/quality report (``report.py``) to ``-o`` (a folder).
+
+TEACHER is a registry name or weights file (TAE decoders, saved ``vae-decoder`` students), a diffusers VAE folder
+(``config.json`` of an AutoencoderKL / AutoencoderKLWan / AutoencoderKLLTXVideo), or ``random:SPACE`` (a diffusers VAE
+of that family's published config with random weights, e.g. ``random:wan2.1``: for structure and speed checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastdecoders.commands import add_device, add_weights_dir, format_table
+from fastdecoders.errors import FastDecodersError
+
+
+def _stages(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise FastDecodersError(f"stage lists are comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("teacher", help="registry name, weights file, diffusers VAE folder, or random:SPACE")
+    parser.add_argument("--keep", default="0.5", help="kept channel ratio, or one per stage (latent side first)")
+    parser.add_argument("-o", "--out", required=True, help="student .safetensors (or a folder with --pareto)")
+    parser.add_argument(
+        "--method",
+        default="independent",
+        choices=["independent", "pivoted", "magnitude"],
+        help="channel selection: greedy independence-aware, pivoted QR, or filter L1 magnitude",
+    )
+    parser.add_argument(
+        "--no-fold", action="store_true", help="plain slicing: do not rebuild dropped channels into the next layers"
+    )
+    parser.add_argument(
+        "--refine",
+        action="store_true",
+        help="sequential least-squares correction of every layer against the teacher (slower)",
+    )
+    parser.add_argument("--multiple", type=int, default=8, help="round pruned widths to a multiple of this")
+    parser.add_argument("--latents", default=None, help="latent space, where the teacher does not say (e.g. sdxl)")
+    parser.add_argument("--random-init", action="store_true", help="registry teacher with random weights")
+    calib = parser.add_argument_group("calibration")
+    calib.add_argument("--calib", default=None, help="folder of photos, encoded by the family's tiny encoder")
+    calib.add_argument("--calib-latents", default=None, help="a latents file (safetensors/pt) in the teacher's layout")
+    calib.add_argument("--calib-count", type=int, default=32, help="photos (or random latents) to calibrate on")
+    calib.add_argument("--calib-size", type=int, default=256, help="photo side in pixels")
+    calib.add_argument("--calib-frames", type=int, default=3, help="latent frames of random video latents")
+    calib.add_argument("--batch-size", type=int, default=4)
+    ops = parser.add_argument_group("dominant-operator swaps (video decoders)")
+    ops.add_argument("--sep3d-stages", default=None, help="stages whose resnet convs become depthwise-separable "
+                     "causal 3-D convs, e.g. 0,1")  # fmt: skip
+    ops.add_argument("--frame2d-stages", default=None, help="stages whose resnet convs become per-frame 2-D convs")
+    pareto = parser.add_argument_group("Pareto report (--pareto)")
+    pareto.add_argument("--pareto", default=None, help="keep ratios to sweep, e.g. 0.75,0.5,0.25")
+    pareto.add_argument("--methods", default="independent,magnitude", help="selection methods to compare")
+    pareto.add_argument("--eval-images", default=None, help="held-out photos for quality (image decoders)")
+    pareto.add_argument("--eval-count", type=int, default=24)
+    pareto.add_argument("--eval-size", type=int, default=256)
+    pareto.add_argument("--bench-size", type=int, default=None, help="pixel side of the timed decode (default: "
+                        "eval size for images; 8 latent frames of 32x32 for video)")  # fmt: skip
+    pareto.add_argument("--extra", nargs="*", default=[], help="more students to place on the plot (LABEL=PATH)")
+    add_weights_dir(parser)
+    add_device(parser)
+
+
+def load_teacher(spec: str, latents: str | None, weights_dir, random_init: bool, device: str, dtype) -> Any:
+    """A teacher decoder from a registry name / weights path, a diffusers VAE folder, or ``random:SPACE``."""
+    from fastdecoders.prune.diffusers_vae import diffusers_folder_teacher, reference_teacher
+    from fastdecoders.weights import load_decoder
+
+    if spec.startswith("random:"):
+        teacher = reference_teacher(spec[len("random:") :])
+    elif (Path(spec) / "config.json").is_file() and not (Path(spec) / "model.safetensors").is_file():
+        teacher = diffusers_folder_teacher(spec, latents)
+    else:
+        teacher = load_decoder(spec, latents=latents, weights_dir=weights_dir, pretrained=not random_init)
+    return teacher.to(device=device, dtype=dtype).eval()
+
+
+def calibration_latents(args: argparse.Namespace, teacher) -> tuple[torch.Tensor, str]:
+    from fastdecoders.latents import get_latent_space
+    from fastdecoders.prune.calib import encode_photos, latents_file, load_photos, random_latents
+
+    if args.calib_latents:
+        return latents_file(args.calib_latents, teacher), f"latents file {args.calib_latents}"
+    space = get_latent_space(teacher.latent_space_name)
+    if args.calib:
+        if getattr(teacher, "latent_ndim", 4) != 4:
+            raise FastDecodersError("--calib photos calibrate image decoders; give video decoders --calib-latents")
+        photos = load_photos(args.calib, args.calib_count, args.calib_size)
+        return encode_photos(photos, space.name, args.weights_dir, args.device), (
+            f"{len(photos)} photos of {args.calib} at {args.calib_size}²"
+        )
+    side = max(1, args.calib_size // space.spatial_factor)
+    count = min(args.calib_count, 8) if getattr(teacher, "latent_ndim", 4) == 5 else args.calib_count
+    z = random_latents(teacher, count, side, side, args.calib_frames)
+    return z, f"{count} random N(0, 1) latents of {tuple(z.shape[1:])} (pass --calib for real-weight teachers)"
+
+
+def run(args: argparse.Namespace) -> dict:
+    from fastdecoders.prune.core import decoder_parameters, parse_keep, prune
+    from fastdecoders.weights import save_decoder
+
+    dtype = getattr(torch, args.dtype)
+    teacher = load_teacher(args.teacher, args.latents, args.weights_dir, args.random_init, args.device, dtype)
+    if getattr(teacher, "latent_space_name", None) is None:
+        raise FastDecodersError(f"{args.teacher}: unknown latent space; pass --latents")
+    if args.pareto:
+        from fastdecoders.prune.report import pareto_from_args
+
+        return pareto_from_args(args, teacher)
+    keep = parse_keep(args.keep)
+    latents, calib_note = calibration_latents(args, teacher)
+    result = prune(teacher, keep, latents.to(args.device, dtype), method=args.method, fold=not args.no_fold,
+                   multiple=args.multiple, batch_size=args.batch_size, refine=args.refine)  # fmt: skip
+    student = result.student
+    sep3d, frame2d = _stages(args.sep3d_stages), _stages(args.frame2d_stages)
+    if sep3d or frame2d:
+        from fastdecoders.prune.ops import swap_operators
+
+        student = swap_operators(student, sep3d, frame2d)
+    base = getattr(teacher, "registry_name", None) or Path(str(args.teacher)).stem
+    name = f"{base.replace('random:', '')}-keep{_keep_label(keep)}-{args.method}"
+    student.registry_name = name
+    student.latent_space_name = teacher.latent_space_name
+    checkpoint = save_decoder(student, args.out, extra={"pruned_from": str(args.teacher), "keep": list(keep),
+                                                        "method": args.method})  # fmt: skip
+    return {
+        "teacher": str(args.teacher),
+        "student": name,
+        "keep": keep[0] if len(keep) == 1 else sum(result.keep) / len(result.keep),
+        "params": [decoder_parameters(teacher), decoder_parameters(student)],
+        "checkpoint": checkpoint,
+        "keep_per_stage": list(result.keep),
+        "widths": {"teacher": list(result.teacher_widths), "student": list(result.student_widths)},
+        "method": args.method,
+        "folded": not args.no_fold,
+        "refined": bool(args.refine),
+        "swaps": [list(s) for s in getattr(student.config, "swaps", ())],
+        "latents": teacher.latent_space_name,
+        "calibration": calib_note,
+        "notes": result.notes,
+    }
+
+
+def _keep_label(keep: tuple[float, ...]) -> str:
+    return "-".join(f"{k:g}" for k in keep)
+
+
+def render(result: dict) -> str:
+    if "points" in result:
+        from fastdecoders.prune.report import render_pareto
+
+        return render_pareto(result)
+    params = result["params"]
+    rows = [
+        ["teacher", result["teacher"]],
+        ["student", result["student"]],
+        ["keep", ", ".join(f"{k:g}" for k in result["keep_per_stage"])],
+        ["widths", f"{result['widths']['teacher']} -> {result['widths']['student']}"],
+        ["params", f"{params[0]:,} -> {params[1]:,} ({params[1] / max(params[0], 1):.1%})"],
+        ["method", result["method"] + " + fold" * result["folded"] + " + refine" * result["refined"]],
+        ["swaps", str(len(result["swaps"]))],
+        ["calibration", result["calibration"]],
+        ["checkpoint", result["checkpoint"]],
+    ]
+    text = format_table(["", ""], rows)
+    return text + "".join(f"\nnote: {n}" for n in result["notes"])
