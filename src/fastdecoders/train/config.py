@@ -1,0 +1,461 @@
+"""Training configuration: typed dataclasses that a YAML file maps onto one to one, plus ``--set key=value``.
+
+A config file has the six sections below (any may be left out to keep its defaults)::
+
+    teacher: {encoder: taesdxl_encoder, decoder: taesdxl, weights_dir: ../shared/weights/taesd}
+    student: {name: tae192-sdxl}
+    data:    {images: [../shared/data/images/bsds500], val_images: [../shared/data/images/kodak24], crop: 256}
+    loss:    {pixel: 1.0, distill: 1.0, perceptual: 0.1}
+    train:   {steps: 5000, batch_size: 16, lr: 1.0e-3}
+    log:     {val_every: 1000}
+
+Unknown keys, values of the wrong type and out-of-range values are one ``FastDecodersError`` naming the key, raised
+before anything is loaded. Relative paths are resolved against the current directory by ``resolve_paths``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastdecoders.errors import FastDecodersError
+
+PIXEL_KINDS = ("l1", "mse")
+PERCEPTUAL_NETS = ("auto", "lpips", "effnet")
+PRECISIONS = ("bf16", "fp32")
+
+
+def _fail(message: str) -> typing.NoReturn:
+    raise FastDecodersError(message)
+
+
+def _positive(section: str, **values: float | int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            _fail(f"{section}.{name} must be > 0, got {value}")
+
+
+def _non_negative(section: str, **values: float | int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 0:
+            _fail(f"{section}.{name} must be >= 0, got {value}")
+
+
+# -- sections -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TeacherConfig:
+    """The model being replaced: makes the latents (encoder) and, optionally, the distillation targets (decoder)."""
+
+    #: TAE encoder weights stem (``taesdxl_encoder``, ``taef2_encoder`` …), found on the weights search path.
+    encoder: str | None = None
+    #: teacher decoder: a registry name (``taesdxl``), a weights file/folder, or a hub id; None: no distillation.
+    decoder: str | None = None
+    #: a diffusers VAE (folder or hub id) used as encoder and decoder instead of the two above.
+    vae: str | None = None
+    #: subfolder of ``vae`` holding the VAE (``vae`` for a whole pipeline repo).
+    vae_subfolder: str | None = None
+    #: latent space name; by default the teacher decoder's, or the one space whose tiny encoder is ``encoder``.
+    latents: str | None = None
+    #: folder searched first for weights files (then $FASTDECODERS_WEIGHTS, then ~/.cache/fastdecoders).
+    weights_dir: str | None = None
+
+    def __post_init__(self):
+        if self.vae is not None and (self.encoder is not None or self.decoder is not None):
+            _fail("teacher: give either vae (a diffusers VAE) or encoder/decoder (weights files), not both")
+        if self.vae is None and self.encoder is None:
+            _fail("teacher: needs an encoder (e.g. taesdxl_encoder) or a diffusers vae to make latents")
+
+
+@dataclass
+class StudentConfig:
+    """The decoder being trained."""
+
+    #: a registered architecture (``fastdecoders list``): tae192-sdxl, taesdxl, effvit-sdxl, tae-temporal-svd …
+    name: str = "tae192-sdxl"
+    #: weights to start from: a file/folder of ours or upstream, or a registry name with weights; None: random init.
+    init: str | None = None
+    #: the registry's tiny test config of ``name`` (tests and smoke runs).
+    tiny: bool = False
+    #: overrides of the architecture config's fields, e.g. ``{pool: true}`` for a TAE on FLUX.2 latents.
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Where the photos/videos come from, how they are cut, and where their latents are cached."""
+
+    #: folders of training images (searched recursively).
+    images: list[str] = field(default_factory=list)
+    #: folders of training videos (video files and folders of frames, searched recursively).
+    videos: list[str] = field(default_factory=list)
+    #: folders used only for validation; when empty, ``val_count`` items of the training list are held out.
+    val_images: list[str] = field(default_factory=list)
+    val_videos: list[str] = field(default_factory=list)
+    #: items held out for validation when no val folders are given (a fixed choice: by hash of the file path).
+    val_count: int = 8
+    #: use at most this many training items (sorted order; smoke runs).
+    max_items: int | None = None
+    #: the short side is scaled down to this before caching (never up); None keeps the native size.
+    resize: int | None = 512
+    #: side of the random square training crops, pixels (a multiple of the latent factor).
+    crop: int = 256
+    #: side of the centred validation crops, pixels; None: the whole (resized) image.
+    val_size: int | None = 256
+    #: random horizontal flips (the flipped image's latents are cached as well: the encoder never runs again).
+    flips: bool = True
+    #: pixel frames per training clip (video); causal video VAEs need 1 + k·temporal_factor.
+    frames: int = 8
+    #: take every N-th frame of a video.
+    frame_step: int = 1
+    #: consecutive clips taken from the start of each video.
+    clips_per_video: int = 2
+    #: cache folder; None: OUT/cache. Runs with the same teacher and data share its entries.
+    cache_dir: str | None = None
+    #: items per safetensors shard of the cache.
+    shard_items: int = 64
+    #: keep the cached data on the training device (a GPU holds a few GB easily; no host->device copies).
+    on_device: bool = True
+
+    def __post_init__(self):
+        _positive("data", crop=self.crop, val_size=self.val_size, resize=self.resize, frames=self.frames,
+                  frame_step=self.frame_step, clips_per_video=self.clips_per_video, shard_items=self.shard_items,
+                  max_items=self.max_items)  # fmt: skip
+        _non_negative("data", val_count=self.val_count)
+        if not (self.images or self.videos):
+            _fail("data: give training images (data.images) or videos (data.videos)")
+        if self.resize is not None and self.resize < self.crop:
+            _fail(f"data.resize ({self.resize}) is smaller than data.crop ({self.crop}): no crop would fit")
+
+
+@dataclass
+class LossConfig:
+    """Loss terms; each is multiplied by its weight, and a weight of 0 turns the term (and its cost) off."""
+
+    #: student vs the original image.
+    pixel: float = 1.0
+    pixel_kind: str = "l1"
+    #: student vs the teacher decoder's output on the same latents (needs teacher.decoder or teacher.vae).
+    distill: float = 0.0
+    distill_kind: str = "l1"
+    #: feature distance to the original image: LPIPS when its weights are found, else EfficientNet-Lite0 features.
+    perceptual: float = 0.0
+    perceptual_net: str = "auto"
+    #: patch-GAN hinge loss against the original images.
+    adversarial: float = 0.0
+    #: the GAN (discriminator and generator term) starts at this step ...
+    adversarial_start: int = 0
+    #: ... and its generator weight ramps linearly from 0 to ``adversarial`` over this many steps.
+    adversarial_warmup: int = 500
+    #: discriminator learning rate; None: train.lr.
+    disc_lr: float | None = None
+    disc_channels: int = 64
+    disc_layers: int = 3
+    #: frame-difference consistency with the original clip (video students only).
+    temporal: float = 0.0
+
+    def __post_init__(self):
+        _non_negative("loss", pixel=self.pixel, distill=self.distill, perceptual=self.perceptual,
+                      adversarial=self.adversarial, adversarial_start=self.adversarial_start,
+                      adversarial_warmup=self.adversarial_warmup, temporal=self.temporal)  # fmt: skip
+        _positive("loss", disc_lr=self.disc_lr, disc_channels=self.disc_channels, disc_layers=self.disc_layers)
+        for name, kinds in (("pixel_kind", PIXEL_KINDS), ("distill_kind", PIXEL_KINDS),
+                            ("perceptual_net", PERCEPTUAL_NETS)):  # fmt: skip
+            if getattr(self, name) not in kinds:
+                _fail(f"loss.{name} must be one of {', '.join(kinds)}, got {getattr(self, name)!r}")
+        if not (self.pixel or self.distill or self.perceptual):
+            _fail("loss: at least one of pixel, distill, perceptual needs a weight > 0")
+
+
+@dataclass
+class OptimConfig:
+    """The optimisation: AdamW with linear warm-up and cosine decay, bf16 autocast, EMA weights."""
+
+    #: optimizer steps in the whole run (the cosine schedule spans them).
+    steps: int = 10_000
+    #: samples (images or clips) per step and process; the global batch is this × the number of processes.
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 200
+    #: the learning rate at the end of the cosine, as a fraction of ``lr``.
+    min_lr_ratio: float = 0.05
+    #: clip the gradient norm to this; None: no clipping.
+    grad_clip: float | None = 1.0
+    #: EMA decay of the weights that are validated and saved; None: save the raw weights.
+    ema_decay: float | None = 0.999
+    #: bf16: autocast matmuls/convs to bfloat16 (weights and optimizer stay float32); fp32: no autocast.
+    precision: str = "bf16"
+    channels_last: bool = True
+    #: torch.compile the student's training forward (GPU runs; the first steps are slow while it compiles).
+    compile: bool = False
+    seed: int = 0
+    #: auto: cuda (this process's LOCAL_RANK under torchrun) when available, else cpu.
+    device: str = "auto"
+    #: stop (with a checkpoint and the final model) after this much training time; None: run all steps.
+    max_minutes: float | None = None
+
+    def __post_init__(self):
+        _positive("train", steps=self.steps, batch_size=self.batch_size, lr=self.lr, grad_clip=self.grad_clip,
+                  max_minutes=self.max_minutes)  # fmt: skip
+        _non_negative("train", weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+                      min_lr_ratio=self.min_lr_ratio)  # fmt: skip
+        if self.min_lr_ratio > 1:
+            _fail(f"train.min_lr_ratio must be within [0, 1], got {self.min_lr_ratio}")
+        if not all(0 <= b < 1 for b in self.betas):
+            _fail(f"train.betas must be within [0, 1), got {list(self.betas)}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            _fail(f"train.ema_decay must be within (0, 1), got {self.ema_decay}")
+        if self.precision not in PRECISIONS:
+            _fail(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+@dataclass
+class LogConfig:
+    """What is written and how often (steps); checkpoints and logs come from process 0 only."""
+
+    every: int = 50
+    val_every: int = 1000
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    #: checkpoints kept on disk (the newest ones).
+    keep_checkpoints: int = 2
+    #: validation items shown in the sample grids (original | teacher | student).
+    samples: int = 4
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        _positive("log", every=self.every, val_every=self.val_every, sample_every=self.sample_every,
+                  checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints)  # fmt: skip
+        _non_negative("log", samples=self.samples)
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run; ``load_config`` builds it from YAML."""
+
+    teacher: TeacherConfig
+    data: DataConfig
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self):
+        if self.loss.distill and self.teacher.decoder is None and self.teacher.vae is None:
+            _fail("loss.distill > 0 needs a teacher decoder (teacher.decoder or teacher.vae)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-ready: tuples become lists."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# -- building from plain data (YAML) with type checks --------------------------------------------------------------
+
+SECTIONS: dict[str, type] = {
+    "teacher": TeacherConfig,
+    "student": StudentConfig,
+    "data": DataConfig,
+    "loss": LossConfig,
+    "train": OptimConfig,
+    "log": LogConfig,
+}
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    """``value`` converted to ``tp`` where lossless (int -> float, list -> tuple), else one clear error."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _check_value(value, option, key)
+            except FastDecodersError as e:
+                errors.append(e)
+        _fail(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string; the user means the number
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp in (str, bool):
+        if isinstance(value, tp):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            return [_check_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is tuple:
+        if isinstance(value, list | tuple) and len(value) == len(args):
+            return tuple(_check_value(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    elif origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+    else:  # pragma: no cover - a field type this checker does not know is a programming error
+        raise TypeError(f"{key}: unsupported config field type {tp}")
+    _fail(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _unknown_key(key: str, known: list[str]) -> typing.NoReturn:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    _fail(f"unknown config key {key!r}{hint}; expected one of {', '.join(known)}")
+
+
+def _build_section(cls: type, values: Any, section: str) -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        _fail(f"{section}: expected a mapping of keys to values, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            _unknown_key(f"{section}.{key}", fields)
+        kwargs[key] = _check_value(value, hints[key], f"{section}.{key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field left out
+        _fail(f"{section}: {e}")
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A validated ``TrainConfig`` from plain nested data (what YAML gives)."""
+    if not isinstance(values, dict):
+        _fail(f"{source}: expected a mapping with sections {', '.join(SECTIONS)}, got {type(values).__name__}")
+    for key in values:
+        if key not in SECTIONS:
+            _unknown_key(str(key), list(SECTIONS))
+    if "teacher" not in values:
+        _fail(f"{source}: the teacher section is required (teacher.encoder or teacher.vae)")
+    sections = {name: _build_section(cls, values.get(name), name) for name, cls in SECTIONS.items()}
+    if "data" not in values:
+        _fail(f"{source}: the data section is required (data.images or data.videos)")
+    return TrainConfig(**sections)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.steps=2000"`` -> (["train", "steps"], 2000); the value is read as YAML (``[a, b]``, ``null``, ``1e-3``)."""
+    import yaml
+
+    if "=" not in text:
+        _fail(f"--set expects KEY=VALUE (e.g. train.steps=2000), got {text!r}")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        _fail(f"--set key must be SECTION.FIELD (e.g. train.steps), got {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: take it as a plain string
+    return path, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of the plain config data with ``--set`` overrides applied (types are checked when it is built)."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for text in overrides:
+        (section, name), value = parse_override(text)
+        if section not in SECTIONS:
+            _unknown_key(section, list(SECTIONS))
+        fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
+        if name not in fields:
+            _unknown_key(f"{section}.{name}", fields)
+        current = values.get(section)
+        values[section] = dict(current) if isinstance(current, dict) else {}
+        values[section][name] = value
+    return values
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        import yaml
+    except ImportError:
+        _fail("training configs are YAML: pip install 'fastdecoders[train]' (pyyaml)")
+    path = Path(path)
+    if not path.is_file():
+        _fail(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        _fail(f"{path} is not valid YAML ({str(e).splitlines()[0]})")
+    return {} if values is None else values
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply ``--set`` overrides, check types and ranges: a ``TrainConfig`` or one clear error."""
+    values = apply_overrides(read_yaml(path), overrides or [])
+    return config_from_dict(values, str(path))
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config with data folders, teacher/student files and weights_dir resolved against the current directory;
+    a missing data folder is one clear error."""
+    cwd = Path.cwd()
+
+    def folders(paths: list[str], key: str) -> list[str]:
+        out = []
+        for p in paths:
+            full = (cwd / p).resolve()
+            if not full.is_dir():
+                _fail(f"{key}: folder {p} not found (resolved against {cwd} to {full})")
+            out.append(str(full))
+        return out
+
+    def maybe_path(value: str | None) -> str | None:
+        # registry names and hub ids stay as they are; only things that exist on disk become absolute
+        if value is None or not (cwd / value).exists():
+            return value
+        return str((cwd / value).resolve())
+
+    data = dataclasses.replace(
+        cfg.data,
+        images=folders(cfg.data.images, "data.images"),
+        videos=folders(cfg.data.videos, "data.videos"),
+        val_images=folders(cfg.data.val_images, "data.val_images"),
+        val_videos=folders(cfg.data.val_videos, "data.val_videos"),
+        cache_dir=str((cwd / cfg.data.cache_dir).resolve()) if cfg.data.cache_dir else None,
+    )
+    weights_dir = cfg.teacher.weights_dir
+    if weights_dir is not None:
+        if not (cwd / weights_dir).is_dir():
+            _fail(f"teacher.weights_dir: folder {weights_dir} not found (resolved against {cwd})")
+        weights_dir = str((cwd / weights_dir).resolve())
+    teacher = dataclasses.replace(
+        cfg.teacher, decoder=maybe_path(cfg.teacher.decoder), vae=maybe_path(cfg.teacher.vae), weights_dir=weights_dir
+    )
+    student = dataclasses.replace(cfg.student, init=maybe_path(cfg.student.init))
+    return dataclasses.replace(cfg, data=data, teacher=teacher, student=student)
