@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdecoders import build_decoder, load_decoder, load_encoder, save_decoder
+from fastdecoders import build_decoder, load_decoder, save_decoder
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models import TAEConfig, TAEDecoder
 from fastdecoders.prune import prune
@@ -70,7 +70,7 @@ def test_keep_parsing_and_widths():
 def test_independence_aware_beats_magnitude_on_held_out_photos(taesd_weights_dir, shared_dir):
     """Before any fine-tuning, on real TAESDXL weights: calibrate on BSDS photos, score on Kodak (64², 8 photos).
 
-    Measured here: teacher 23.9 dB, independence-aware + fold 19.7 dB, magnitude (plain L1 slicing) 14.2 dB."""
+    Measured here: see the assertion margins; the full-size numbers are in docs/prune_results.md."""
     from fastdecoders.eval.metrics import psnr
     from fastdecoders.latents import to_01
     from fastdecoders.prune.calib import encode_photos, load_photos
@@ -79,7 +79,6 @@ def test_independence_aware_beats_magnitude_on_held_out_photos(taesd_weights_dir
     calib = encode_photos(load_photos(shared_dir / "data/images/bsds500/train", 8, 64), "sdxl", taesd_weights_dir)
     photos = load_photos(shared_dir / "data/images/kodak24", 8, 64)
     held_out = encode_photos(photos, "sdxl", taesd_weights_dir)
-    load_encoder("taesdxl_encoder", taesd_weights_dir)
 
     def score(decoder):
         with torch.no_grad():

@@ -1,0 +1,202 @@
+"""``diffusers-vae``: the decode path of an original diffusers VAE as a fastdecoders ``Decoder`` (the teachers).
+
+Benchmarks and distillation compare every student with the VAE it replaces; wrapping that VAE in the same
+``Decoder`` contract lets the registry, weights I/O and ``fastdecoders bench`` treat it like any other decoder.
+
+``forward`` takes diffusion-space latents, maps them to raw latents with the latent space's ``to_raw`` (LTX: the
+checkpoint's ``latents_mean``/``latents_std`` buffers, as its pipeline does) and returns ``vae.decode(raw).sample``:
+RGB in [-1, 1]; NCHW for image VAEs, NCTHW for Wan/LTX, and SVD takes (B·T, C, h, w) + ``num_frames`` like its
+pipeline. The encoder is dropped at build time: a decoder never encodes, and its weights would get no gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.base import Decoder
+
+SUPPORTED = ("AutoencoderKL", "AutoencoderKLTemporalDecoder", "AutoencoderKLWan", "AutoencoderKLLTXVideo",
+             "AutoencoderDC")  # fmt: skip
+VIDEO = ("AutoencoderKLWan", "AutoencoderKLLTXVideo")
+#: modules only the encode path uses; removed so that every remaining parameter is on the decode path.
+_ENCODE_ONLY = ("encoder", "quant_conv")
+
+
+def _canonical(value: Any) -> Any:
+    """Lists -> tuples, recursively: the form ``config_from_dict`` gives back, so saved configs compare equal."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_canonical(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class DiffusersVAEConfig:
+    #: diffusers class name, one of ``SUPPORTED``.
+    vae_class: str = "AutoencoderKL"
+    #: constructor kwargs as sorted (key, value) pairs (or a JSON object string); values are tuplified.
+    vae_config: Any = ()
+
+    def __post_init__(self):
+        if self.vae_class not in SUPPORTED:
+            raise FastDecodersError(f"vae_class must be one of {', '.join(SUPPORTED)}, got {self.vae_class!r}")
+        pairs = self.vae_config
+        if isinstance(pairs, str):
+            try:
+                pairs = json.loads(pairs)
+            except json.JSONDecodeError as e:
+                raise FastDecodersError(f"vae_config is not a JSON object ({e})") from None
+        items = pairs.items() if isinstance(pairs, dict) else pairs
+        canonical = tuple(sorted((str(k), _canonical(v)) for k, v in items))
+        object.__setattr__(self, "vae_config", canonical)  # frozen: normalise once, here
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.vae_config)
+
+    @property
+    def latent_channels(self) -> int:
+        kw = self.kwargs
+        default = {"AutoencoderKLWan": 16, "AutoencoderKLLTXVideo": 128, "AutoencoderDC": 32}.get(self.vae_class, 4)
+        return int(kw.get("z_dim", kw.get("latent_channels", default)))
+
+
+class DiffusersVAEDecoder(Decoder):
+    """Diffusion-space latents -> RGB in [-1, 1] via ``vae.decode`` of a diffusers VAE (see module docstring)."""
+
+    arch = "diffusers-vae"
+    config_class = DiffusersVAEConfig
+
+    def __init__(self, config: DiffusersVAEConfig, vae: nn.Module | None = None):
+        super().__init__(config)
+        if vae is None:
+            import diffusers  # lazy: importing diffusers costs seconds and most decoders never need it
+
+            vae = getattr(diffusers, config.vae_class)(**config.kwargs)
+        for name in _ENCODE_ONLY:
+            if getattr(vae, name, None) is not None:
+                setattr(vae, name, None)
+        self.vae = vae
+        # NCTHW video VAEs: an instance attribute shadows the class default of 4
+        self.latent_ndim = 5 if config.vae_class in VIDEO else 4
+
+    @classmethod
+    def from_diffusers(cls, folder_or_vae: str | os.PathLike | nn.Module, latents: str) -> DiffusersVAEDecoder:
+        """Wrap a diffusers VAE object, or load one from a local folder (a ``vae/`` folder or a pipeline holding one).
+
+        ``latents`` names the latent space (``fastdecoders.latents``), e.g. ``"sdxl"``.
+        """
+        from fastdecoders.latents import get_latent_space
+
+        get_latent_space(latents)
+        vae = folder_or_vae
+        if not isinstance(vae, nn.Module):
+            folder = Path(vae)
+            if (folder / "vae" / "config.json").is_file():
+                folder = folder / "vae"
+            if not (folder / "config.json").is_file():
+                raise FastDecodersError(f"{folder} is not a diffusers VAE folder (no config.json)")
+            class_name = json.loads((folder / "config.json").read_text()).get("_class_name")
+            if class_name not in SUPPORTED:
+                raise FastDecodersError(f"{folder}: a {class_name}, expected one of {', '.join(SUPPORTED)}")
+            import diffusers
+
+            vae = getattr(diffusers, class_name).from_pretrained(folder)
+        name = type(vae).__name__
+        if name not in SUPPORTED:
+            raise FastDecodersError(f"expected a diffusers {' / '.join(SUPPORTED)}, got {name}")
+        kwargs = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+        decoder = cls(DiffusersVAEConfig(name, kwargs), vae=vae)
+        decoder.latent_space_name = latents
+        decoder.registry_name = None
+        return decoder.eval()
+
+    def raw_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Diffusion-space latents -> what ``vae.decode`` takes."""
+        from fastdecoders.latents import get_latent_space
+
+        name = getattr(self, "latent_space_name", None)
+        if name is None:
+            raise FastDecodersError("this diffusers-vae decoder does not know its latent space; set latent_space_name")
+        space = get_latent_space(name)
+        buffers = dict(self.vae.named_buffers(recurse=False))
+        mean, std = buffers.get("latents_mean"), buffers.get("latents_std")
+        if mean is not None and std is not None:  # LTX: the statistics live in the checkpoint
+            scale = float(self.config.kwargs.get("scaling_factor", 1.0))
+            return space.to_raw(latents, mean=mean.tolist(), std=(std / scale).tolist())
+        return space.to_raw(latents)
+
+    def forward(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """Image: (B, C, h, w) -> (B, 3, f·h, f·w). Wan/LTX: (B, C, t, h, w) -> (B, 3, T, f·h, f·w).
+        SVD: (B·T, C, h, w) + ``num_frames`` (default: one clip of all frames) -> (B·T, 3, f·h, f·w)."""
+        if latents.ndim != self.latent_ndim:
+            raise FastDecodersError(
+                f"{self.config.vae_class} takes {self.latent_ndim}-d latents, got shape {tuple(latents.shape)}"
+            )
+        raw = self.raw_latents(latents)
+        if self.config.vae_class == "AutoencoderKLTemporalDecoder":
+            return self.vae.decode(raw, num_frames=num_frames or latents.shape[0]).sample
+        return self.vae.decode(raw).sample
+
+
+# -- registered teachers --------------------------------------------------------------------------------------------
+
+_KL4 = {"down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 2, "block_out_channels": (128, 256, 512, 512)}  # fmt: skip
+_NO_QUANT = {"use_quant_conv": False, "use_post_quant_conv": False}
+#: published configs: the fields that differ from the diffusers class defaults (as in tests/test_latents.py).
+PUBLISHED: dict[str, tuple[str, str, dict[str, Any]]] = {  # name: (latent space, class, kwargs)
+    "sd-vae": ("sd1", "AutoencoderKL", {**_KL4, "latent_channels": 4, "scaling_factor": 0.18215}),
+    "sdxl-vae": ("sdxl", "AutoencoderKL", {**_KL4, "latent_channels": 4, "scaling_factor": 0.13025}),
+    "sd3-vae": ("sd3", "AutoencoderKL", {**_KL4, **_NO_QUANT, "latent_channels": 16, "scaling_factor": 1.5305,
+                                         "shift_factor": 0.0609}),
+    "flux1-vae": ("flux1", "AutoencoderKL", {**_KL4, **_NO_QUANT, "latent_channels": 16, "scaling_factor": 0.3611,
+                                             "shift_factor": 0.1159}),
+    "svd-vae": ("svd", "AutoencoderKLTemporalDecoder", {"down_block_types": ("DownEncoderBlock2D",) * 4,
+                                                        "layers_per_block": 2, "latent_channels": 4,
+                                                        "block_out_channels": (128, 256, 512, 512)}),
+    "wan2.1-vae": ("wan2.1", "AutoencoderKLWan", {}),
+    "ltx-vae": ("ltx-video", "AutoencoderKLLTXVideo", {}),
+    "sana-vae": ("sana", "AutoencoderDC", {}),
+}  # fmt: skip
+#: tiny overrides: narrow widths, one block per stage, every stage kept (so the factors stay the published ones).
+TINY: dict[str, dict[str, Any]] = {
+    "AutoencoderKL": {"block_out_channels": (8, 8, 8, 8), "norm_num_groups": 4, "layers_per_block": 1},
+    # GroupNorm groups are fixed at 32; 2 layers, because with 1 the mid-block attention is never run (no gradient)
+    "AutoencoderKLTemporalDecoder": {"block_out_channels": (32,) * 4, "layers_per_block": 2},
+    "AutoencoderKLWan": {"base_dim": 8, "num_res_blocks": 1},
+    "AutoencoderKLLTXVideo": {"block_out_channels": (8, 8, 8, 8), "decoder_block_out_channels": (8, 8, 8, 8),
+                              "layers_per_block": (1, 1, 1, 1, 1), "decoder_layers_per_block": (1, 1, 1, 1, 1)},
+    "AutoencoderDC": {"encoder_block_out_channels": (32,) * 6, "decoder_block_out_channels": (32,) * 6,
+                      "encoder_layers_per_block": (1,) * 6, "decoder_layers_per_block": (1,) * 6,
+                      "attention_head_dim": 8},
+}  # fmt: skip
+
+
+def teacher_for(latent_space: str) -> str | None:
+    """The registered teacher (original VAE) of a latent space, or None."""
+    return next((name for name, (space, _, _) in PUBLISHED.items() if space == latent_space), None)
+
+
+def _register_variants() -> None:
+    from fastdecoders.latents import get_latent_space
+    from fastdecoders.registry import DecoderSpec, register
+
+    for name, (space, vae_class, kwargs) in PUBLISHED.items():
+        latents = get_latent_space(space)
+        register(DecoderSpec(
+            name, "diffusers-vae", DiffusersVAEConfig(vae_class, kwargs), space,
+            tiny=DiffusersVAEConfig(vae_class, {**kwargs, **TINY[vae_class]}),
+            description=f"the original {latents.description} VAE decoder ({vae_class}); the teacher to beat",
+            weights=None, hub_id=latents.vae_hub_id,
+        ))  # fmt: skip
+
+
+_register_variants()

@@ -1,0 +1,87 @@
+"""Training checkpoints: everything a run needs to continue exactly where it stopped, written atomically.
+
+A checkpoint (``OUT/checkpoints/step_0000100.pt``) holds the step, the student, its EMA, the optimizer and the
+learning-rate schedule, the discriminator and its optimizer, every RNG state (python, numpy, torch CPU and CUDA),
+the data position, the time and images so far, and the resolved config. It is written to a temp file and renamed,
+so a run killed at any moment leaves only whole checkpoints; ``latest`` skips anything unreadable anyway.
+Files hold tensors and plain Python values only and are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastdecoders.errors import FastDecodersError
+from fastdecoders.io import atomic_path
+
+_NAME = re.compile(r"step_(\d+)\.pt")
+
+
+def checkpoint_path(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step_{step:07d}.pt"
+
+
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    folder = out / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.fullmatch(p.name))]
+    return sorted(found)
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states as tensors and plain values (so ``weights_only`` loading accepts them)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value: Any) -> Any:
+    """``random.setstate`` wants nested tuples; a round trip through torch.save may hand back lists."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def save_checkpoint(out: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write ``state`` as step ``step``'s checkpoint (atomically), then delete all but the newest ``keep``."""
+    path = checkpoint_path(out, step)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    for _, old in list_checkpoints(out)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated by a disk-full, or not ours
+        raise FastDecodersError(f"{path} is not a readable training checkpoint ({type(e).__name__}: {e})") from None
+
+
+def latest_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint in ``out`` and its contents, or None."""
+    for _, path in reversed(list_checkpoints(out)):
+        try:
+            return path, load_checkpoint(path)
+        except FastDecodersError:
+            continue
+    return None

@@ -1,0 +1,106 @@
+"""Run logs of process 0: a progress bar (stderr), CSV files, TensorBoard, sample grids.
+
+``OUT/train_log.csv`` gets a row every ``log.every`` steps, ``OUT/val_log.csv`` one per validation. On resume,
+rows past the checkpoint's step (written by the interrupted run after its last checkpoint) are dropped first, and
+TensorBoard purges its events past that step, so the logs read like those of an unbroken run.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+from fastdecoders.io import write_image
+
+
+def _truncate_csv(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(kept)
+
+
+class RunLog:
+    """No-op on processes other than 0 (``enabled=False``)."""
+
+    def __init__(self, out: Path, enabled: bool, total_steps: int, start_step: int, tensorboard: bool):
+        self.out, self.enabled = out, enabled
+        self.bar = None
+        self.tb = None
+        self.notes: list[str] = []
+        if not enabled:
+            return
+        from tqdm import tqdm
+
+        for name in ("train_log.csv", "val_log.csv"):
+            _truncate_csv(out / name, start_step)
+        # no bar when stderr is not a terminal (a log file): plain lines every log.every steps instead
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=None, file=sys.stderr)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step or None)
+            except ImportError:  # torch's writer needs the tensorboard package
+                self.notes.append("TensorBoard logs skipped: pip install tensorboard")
+
+    def _row(self, name: str, values: dict[str, float | int]) -> None:
+        path = self.out / name
+        new = not path.is_file()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(values))
+            if new:
+                writer.writeheader()
+            writer.writerow(values)
+
+    def step(self, step: int, values: dict[str, float]) -> None:
+        """A training row: step, lr, loss terms, images/s."""
+        if not self.enabled:
+            return
+        self._row("train_log.csv", {"step": step, **{k: round(v, 6) for k, v in values.items()}})
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(f"train/{key}", value, step)
+        if self.bar is not None and not self.bar.disable:
+            self.bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}", refresh=False)
+        else:
+            print(f"step {step}: loss {values['loss']:.4f}, lr {values['lr']:.2e}, "
+                  f"{values['images_per_s']:.1f} images/s", file=sys.stderr)  # fmt: skip
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def val(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._row("val_log.csv", {"step": step, **{k: round(v, 6) for k, v in values.items()}})
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(f"val/{key}", value, step)
+        text = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+        (self.bar.write if self.bar is not None and not self.bar.disable else print)(f"val @ {step}: {text}",
+                                                                                    file=sys.stderr)  # fmt: skip
+
+    def grid(self, step: int, grid01: torch.Tensor) -> Path | None:
+        """Write a sample grid ((3, H, W) in [0, 1]) as OUT/samples/step_NNNNNNN.png and to TensorBoard."""
+        if not self.enabled:
+            return None
+        path = write_image(grid01, self.out / "samples" / f"step_{step:07d}.png")
+        if self.tb is not None:
+            self.tb.add_image("samples", grid01.clamp(0, 1), step)
+        return path
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
