@@ -39,10 +39,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.tiny:
-        import _tiny
+        from fastdecoders.integrations.tiny import tiny_pipeline
 
         torch.manual_seed(args.seed)
-        pipe, call = _tiny.sdxl()
+        pipe, call = tiny_pipeline("sdxl")
         # random weights of the decoder's small test config; a path still loads real weights
         decoder = fastdecoders.build_decoder(args.decoder, tiny=True) if is_registered(args.decoder) else args.decoder
         size, steps = 64, 1

@@ -48,10 +48,10 @@ def parse_args(argv: list[str] | None, default_decoder: str = "taesd") -> argpar
 def load_pipeline(args: argparse.Namespace) -> tuple[object, dict]:
     """(pipeline, call kwargs): the tiny random one, or the real one with the conditioning image."""
     if args.tiny:
-        import _tiny
+        from fastdecoders.integrations.tiny import tiny_pipeline
 
         torch.manual_seed(args.seed)
-        pipe, call = _tiny.svd()
+        pipe, call = tiny_pipeline("svd")
         return pipe, {**call, "height": 64, "width": 64, "num_frames": 3, "num_inference_steps": 1,
                       "decode_chunk_size": args.chunk}  # fmt: skip
     from diffusers import StableVideoDiffusionPipeline

@@ -87,6 +87,7 @@ def test_decode_video_with_causal_decoder(capsys, tmp_path):
         (torch.randn(4, 4, 4), "4-d"),
         (torch.zeros(1, 4, 4, 4, dtype=torch.int32), "floating-point"),
         (torch.full((1, 4, 4, 4), float("nan")), "NaN or Inf"),
+        (torch.full((1, 4, 4, 4), float("inf")), "NaN or Inf"),
     ],
 )
 def test_decode_bad_latents(capsys, tmp_path, tiny_sdxl, tensor, message):

@@ -23,7 +23,7 @@ def examples(monkeypatch):
 
 
 def test_examples_folder_holds_the_four_scripts():
-    scripts = sorted(p.stem for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_"))
+    scripts = sorted(p.stem for p in EXAMPLES.glob("*.py"))
     assert scripts == ["sdxl_tae192", "svd_framewise", "svd_temporal", "video_effvit"]
 
 
@@ -54,5 +54,5 @@ def test_real_mode_needs_a_conditioning_image(examples, capsys):
 def _forget_example_modules():
     """Each test imports the scripts afresh (they are scripts, not a package)."""
     yield
-    for name in ("_tiny", "sdxl_tae192", "svd_framewise", "svd_temporal", "video_effvit"):
+    for name in ("sdxl_tae192", "svd_framewise", "svd_temporal", "video_effvit"):
         sys.modules.pop(name, None)

@@ -26,130 +26,37 @@ import diffusers  # noqa: E402
 import fastdecoders  # noqa: E402
 from fastdecoders import FastDecodersError  # noqa: E402
 from fastdecoders.integrations.diffusers import DiffusersVAEAdapter, vae_latent_spaces  # noqa: E402
+from fastdecoders.integrations.tiny import conditioning_image, tiny_pipeline  # noqa: E402
 from fastdecoders.latents import to_01  # noqa: E402
 
-# -- tiny random pipelines ---------------------------------------------------------------------------------------------
-# Spatial/temporal factors match the real VAEs (the adapter checks them); the rest is as small as diffusers allows.
+# -- tiny random pipelines (fastdecoders.integrations.tiny), with checkpoint numbers that differ from the registry's:
+# the adapter must take the checkpoint's own values.
 
 
-def _kl_vae(channels: int, **config) -> diffusers.AutoencoderKL:
-    return diffusers.AutoencoderKL(
-        block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=channels, norm_num_groups=8, **config,
-    )  # fmt: skip
-
-
-def _unet(**config) -> diffusers.UNet2DConditionModel:
-    return diffusers.UNet2DConditionModel(
-        block_out_channels=(16, 32), layers_per_block=1, sample_size=8, norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), cross_attention_dim=32, **config,
-    )  # fmt: skip
-
-
-def build_sd() -> diffusers.StableDiffusionPipeline:
-    # scaling 0.2, not sd1's published 0.18215: the checkpoint's own value must win
-    return diffusers.StableDiffusionPipeline(
-        vae=_kl_vae(4, scaling_factor=0.2), text_encoder=None, tokenizer=None, unet=_unet(),
-        scheduler=diffusers.EulerDiscreteScheduler(), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )  # fmt: skip
-
-
-def build_sdxl(**vae_config) -> diffusers.StableDiffusionXLPipeline:
-    unet = _unet(addition_embed_type="text_time", addition_time_embed_dim=8,
-                 projection_class_embeddings_input_dim=6 * 8 + 16)  # fmt: skip
-    vae = _kl_vae(4, scaling_factor=0.13025, force_upcast=True, **vae_config)
-    return diffusers.StableDiffusionXLPipeline(
-        vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=unet,
-        scheduler=diffusers.EulerDiscreteScheduler(),
-    )  # fmt: skip
-
-
-def build_sd3() -> diffusers.StableDiffusion3Pipeline:
-    transformer = diffusers.SD3Transformer2DModel(
-        sample_size=8, patch_size=1, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=16,
-        pos_embed_max_size=16,
-    )  # fmt: skip
-    return diffusers.StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(),
-        vae=_kl_vae(16, scaling_factor=1.5305, shift_factor=0.0609), text_encoder=None, tokenizer=None,
-        text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
-    )  # fmt: skip
-
-
-def build_flux() -> diffusers.FluxPipeline:
-    transformer = diffusers.FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(4, 4, 8),
-    )  # fmt: skip
-    return diffusers.FluxPipeline(
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=_kl_vae(16, scaling_factor=0.3611,
-        shift_factor=0.1159), text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
-        transformer=transformer,
-    )  # fmt: skip
-
-
-def build_svd() -> diffusers.StableVideoDiffusionPipeline:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    unet = diffusers.UNetSpatioTemporalConditionModel(
-        sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=16,
-        num_attention_heads=(2, 4), addition_time_embed_dim=8, projection_class_embeddings_input_dim=3 * 8,
-    )  # fmt: skip
-    # the temporal VAE's encoder uses 32 norm groups; it encodes the conditioning image, its decoder must stay idle
-    vae = diffusers.AutoencoderKLTemporalDecoder(
-        block_out_channels=(32,) * 4, down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4
-    )
-    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=16, projection_dim=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        image_size=224, patch_size=32,
-    ))  # fmt: skip
-    return diffusers.StableVideoDiffusionPipeline(
-        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=diffusers.EulerDiscreteScheduler(),
-        feature_extractor=CLIPImageProcessor(),
-    )  # fmt: skip
-
-
-def build_wan() -> diffusers.WanPipeline:
+def _wan_stats() -> dict:
     g = torch.Generator().manual_seed(1)
-    # checkpoint statistics that differ from the registry's: they must win
-    mean, std = torch.randn(16, generator=g).tolist(), (torch.rand(16, generator=g) + 0.5).tolist()
-    vae = diffusers.AutoencoderKLWan(
-        base_dim=8,
-        z_dim=16,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        latents_mean=mean,
-        latents_std=std,
-    )
-    transformer = diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
-    )  # fmt: skip
-    return diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
-                                 scheduler=diffusers.FlowMatchEulerDiscreteScheduler())  # fmt: skip
+    mean, std = torch.randn(16, generator=g), torch.rand(16, generator=g) + 0.5
+    return {"latents_mean": mean.tolist(), "latents_std": std.tolist()}
 
 
-def build_ltx() -> diffusers.LTXPipeline:
-    # timestep-conditioned (LTX 0.9.1+): the adapter must stop the pipeline blending decode noise into the latents
-    vae = diffusers.AutoencoderKLLTXVideo(
-        latent_channels=128, block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
-        layers_per_block=(1,) * 5, decoder_layers_per_block=(1,) * 5, timestep_conditioning=True, scaling_factor=0.5,
-    )  # fmt: skip
+def build_sd():
+    return tiny_pipeline("sd", scaling_factor=0.2)[0]  # not sd1's published 0.18215
+
+
+def build_sdxl(**vae_config):
+    return tiny_pipeline("sdxl", **vae_config)[0]
+
+
+def build_wan():
+    return tiny_pipeline("wan", **_wan_stats())[0]
+
+
+def build_ltx():
+    pipe = tiny_pipeline("ltx", scaling_factor=0.5)[0]
     g = torch.Generator().manual_seed(2)
-    vae.latents_mean.copy_(torch.randn(128, generator=g))  # per-checkpoint buffers, as LTX ships them
-    vae.latents_std.copy_(torch.rand(128, generator=g) + 0.5)
-    transformer = diffusers.LTXVideoTransformer3DModel(
-        in_channels=128, out_channels=128, num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
-        num_layers=1, caption_channels=32,
-    )  # fmt: skip
-    return diffusers.LTXPipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None,
-                                 tokenizer=None, transformer=transformer)  # fmt: skip
+    pipe.vae.latents_mean.copy_(torch.randn(128, generator=g))  # per-checkpoint buffers, as LTX ships them
+    pipe.vae.latents_std.copy_(torch.rand(128, generator=g) + 0.5)
+    return pipe
 
 
 # -- how each is called, and what comes out ----------------------------------------------------------------------------
@@ -179,20 +86,20 @@ CASES: dict[str, Case] = {
     "sd": Case(build_sd, lambda: {"prompt_embeds": _embeds(1, 6, 32), "guidance_scale": 1.0}, (64, 64)),
     "sdxl": Case(build_sdxl, _sdxl_kwargs, (64, 64)),
     "sd3": Case(
-        build_sd3,
+        lambda: tiny_pipeline("sd3")[0],
         lambda: {"prompt_embeds": _embeds(1, 6, 32), "pooled_prompt_embeds": _embeds(1, 16), "guidance_scale": 1.0},
         (64, 48),
     ),  # fmt: skip
     "flux": Case(
-        build_flux,
+        lambda: tiny_pipeline("flux")[0],
         lambda: {"prompt_embeds": _embeds(1, 6, 32), "pooled_prompt_embeds": _embeds(1, 16)},
         (64, 48),
         latents_for_decoder=lambda pipe, z: pipe._unpack_latents(z, 48, 64, pipe.vae_scale_factor),
     ),
     "svd": Case(
-        build_svd,
+        lambda: tiny_pipeline("svd")[0],
         lambda: {
-            "image": _conditioning_image(),
+            "image": conditioning_image(),
             "num_frames": 3,
             "decode_chunk_size": 2,
             "max_guidance_scale": 1.0,
@@ -223,12 +130,6 @@ CASES: dict[str, Case] = {
         latents_for_decoder=lambda pipe, z: pipe._unpack_latents(z, 2, 2, 2),
     ),  # fmt: skip
 }
-
-
-def _conditioning_image():
-    from PIL import Image
-
-    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
 
 
 _PIPES: dict[str, object] = {}
