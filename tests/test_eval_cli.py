@@ -36,8 +36,9 @@ def test_latents_json_document(capsys, tmp_path, tiny_files):
     teacher, student = tiny_files
     write_latents(torch.randn(3, 4, 4, 4), tmp_path / "z" / "batch.safetensors")
     code, out, err = run_cli(capsys, "eval", student, "--latents", tmp_path / "z", "--teacher", teacher, "-o",
-                             tmp_path / "out", "--metrics", "psnr,ssim", "--no-progress", "--json")  # fmt: skip
+                             tmp_path / "out", "--metrics", "psnr,ssim", "--json")  # fmt: skip
     assert code == 0, err
+    assert "eval: 100%" in err and "3/3" in err  # the progress bar goes to stderr; stdout is only the JSON
     result = json.loads(out)
     assert set(result) >= {"decoders", "report", "skipped", "notes", "inputs", "metrics"}
     s = result["decoders"]["student"]

@@ -110,3 +110,29 @@ def test_latent_files_expand_batches(tmp_path):
                                       "single.safetensors"]  # fmt: skip
     assert load(items[1], Preprocess(), latent_ndim=3).latents.shape == (4, 8, 8)
     assert load(items[3], Preprocess(), latent_ndim=3).latents.shape == (4, 8, 8)
+
+
+@pytest.mark.parametrize("suffix, codec, pix_fmt", [(".avi", "mpeg4", "yuv420p"), (".mkv", "ffv1", "yuv444p")])
+def test_avi_and_mkv_clips_are_read_through_pyav(tmp_path, suffix, codec, pix_fmt):
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    path = tmp_path / f"ramp{suffix}"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, pix_fmt
+        for t in range(7):  # frame t is a flat grey of level 30·t
+            frame = av.VideoFrame.from_ndarray(np.full((32, 48, 3), 30 * t, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    prep = Preprocess(clip_length=3, frame_step=2, clips_per_video=2)
+    items = discover("videos", tmp_path, prep)
+    assert [(i.path.name, i.index) for i in items] == [(path.name, 0), (path.name, 1)]
+    first = load(items[0], prep)  # frames 0, 2, 4
+    assert first.pixels.shape == (3, 3, 32, 48) and first.fps == pytest.approx(4.0)
+    levels = first.pixels.mean((1, 2, 3)) * 255
+    torch.testing.assert_close(levels, torch.tensor([0.0, 60.0, 120.0]), atol=3.0, rtol=0)
+    with pytest.raises(FastDecodersError, match="has 7 frames; clip 1 needs frames 6..10"):
+        load(items[1], prep)

@@ -50,7 +50,7 @@ def random_torchvision_alexnet(seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.fixture
 def images():
     gen = torch.Generator().manual_seed(1)
-    x = torch.rand(2, 3, 96, 80, generator=gen)
+    x = torch.rand(2, 3, 72, 64, generator=gen)  # AlexNet's stride-4 stem and two pools leave 3x3 at the end
     return x, (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 
 
@@ -67,13 +67,65 @@ def test_alexnet_lpips_on_random_weights_matches_the_formula(images):
     torch.testing.assert_close(got, reference_lpips_alex(state, heads, x, y), rtol=1e-5, atol=1e-7)
 
 
+VGG_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # torchvision vgg16 (width, convs) per stage
+
+
+def random_torchvision_vgg16(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict in torchvision's vgg16 layout: conv k of the features at index 2·(convs so far) + pools so far."""
+    gen = torch.Generator().manual_seed(seed)
+    state, index, channels = {}, 0, 3
+    for width, convs in VGG_STAGES:
+        for _ in range(convs):
+            std = (2 / (channels * 9)) ** 0.5
+            state[f"features.{index}.weight"] = torch.randn(width, channels, 3, 3, generator=gen) * std
+            state[f"features.{index}.bias"] = torch.randn(width, generator=gen) * 0.01
+            index, channels = index + 2, width  # conv, ReLU
+        index += 1  # MaxPool2d(2, 2)
+    return state
+
+
+def reference_lpips_vgg(state: dict[str, torch.Tensor], heads: list[torch.Tensor], x01, y01) -> torch.Tensor:
+    """The LPIPS formula on VGG16: unit-normalised relu1_2, relu2_2, relu3_3, relu4_3, relu5_3, weighted squared
+    differences summed over channels, averaged over positions, summed over layers."""
+
+    def taps(img01):
+        x = (img01 * 2 - 1 - torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.458, 0.448, 0.450]).view(1, 3, 1, 1)  # fmt: skip
+        out, index = [], 0
+        for width, convs in VGG_STAGES:
+            for _ in range(convs):
+                x = F.relu(F.conv2d(x, state[f"features.{index}.weight"], state[f"features.{index}.bias"], padding=1))
+                index += 2
+            out.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
+            x, index = F.max_pool2d(x, 2, 2), index + 1
+        return out
+
+    return sum(((a - b) ** 2 * w.view(1, -1, 1, 1)).sum(1).mean((1, 2))
+               for a, b, w in zip(taps(x01), taps(y01), heads, strict=True))  # fmt: skip
+
+
+def test_vgg_lpips_on_random_weights_matches_the_formula():
+    state = random_torchvision_vgg16()
+    state["classifier.0.weight"] = torch.zeros(4, 8)  # the real file has a classifier; LPIPS ignores it
+    gen = torch.Generator().manual_seed(3)
+    heads = [torch.rand(w, generator=gen) for w, _ in VGG_STAGES]
+    net = lpips.LPIPS("vgg")
+    net.load_backbone(state, "random")
+    net.load_heads({f"lin{i}.model.1.weight": h.view(1, -1, 1, 1) for i, h in enumerate(heads)}, "random")
+    x = torch.rand(2, 3, 48, 40, generator=gen)
+    y = (x + 0.1 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    got = net(x, y)
+    assert got.shape == (2,) and torch.all(got > 0)
+    torch.testing.assert_close(got, reference_lpips_vgg(state, heads, x, y), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("net_name", ["alex", "vgg"])
 def test_lpips_is_zero_on_identical_images_symmetric_and_grows_with_noise(net_name, images):
     net = lpips.LPIPS(net_name)
     with torch.no_grad():
         for lin in net.lins:
             lin.weight.uniform_(0, 1)
-    x, y = images
+    x, y = (i[..., :32, :32] for i in images) if net_name == "vgg" else images  # VGG needs only 16 px
     far = (x + 0.4 * torch.randn_like(x)).clamp(0, 1)
     assert torch.all(net(x, x) == 0)
     torch.testing.assert_close(net(x, y), net(y, x), rtol=1e-5, atol=1e-7)

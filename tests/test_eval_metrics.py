@@ -1,4 +1,5 @@
-"""Metric formulas against reference implementations: scikit-image (PSNR, SSIM), torchmetrics (MS-SSIM),
+"""Metric formulas against reference implementations: scikit-image (PSNR, SSIM; MS-SSIM through a scipy rebuild
+checked against skimage at every scale; torchmetrics too when installed),
 scipy (Fréchet distance via ``sqrtm``, Student t), and a direct transcription of the KID estimator."""
 
 from __future__ import annotations
@@ -77,6 +78,50 @@ def test_ms_ssim_coarsest_scale_is_skimage_ssim(photo_pair, monkeypatch):
     ref = structural_similarity(_hwc(x16), _hwc(y16), gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                                 data_range=1.0, channel_axis=2)  # fmt: skip
     assert metrics.ms_ssim(y, x).item() == pytest.approx(ref, abs=2e-5)
+
+
+def _reference_ms_ssim_terms(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(SSIM, mean contrast-structure) of (H, W, C) float64 images, written with scipy.ndimage: 11-tap Gaussian
+    (sigma 1.5, truncate 3.5, as skimage), statistics over the positions where the window fits."""
+    from scipy import ndimage
+
+    def blur(im: np.ndarray) -> np.ndarray:
+        return np.stack([ndimage.gaussian_filter(im[..., c], 1.5, truncate=3.5) for c in range(im.shape[-1])],
+                        -1)[5:-5, 5:-5]  # fmt: skip
+
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = blur(a), blur(b)
+    vx, vy, cxy = blur(a * a) - mx**2, blur(b * b) - my**2, blur(a * b) - mx * my
+    cs = (2 * cxy + c2) / (vx + vy + c2)
+    return float(((2 * mx * my + c1) / (mx**2 + my**2 + c1) * cs).mean()), float(cs.mean())
+
+
+def test_ms_ssim_matches_a_scipy_reference_anchored_to_skimage():
+    """MS-SSIM (Wang 2003) rebuilt from numpy/scipy: 2x2 mean pooling between scales, contrast-structure terms at
+    scales 0..3, full SSIM at scale 4, weights as in the paper. The reference's SSIM at every scale equals
+    skimage's ``structural_similarity``, so its contrast-structure terms come from the same statistics."""
+    from skimage.metrics import structural_similarity
+
+    skimage_data = pytest.importorskip("skimage.data")
+    x = torch.from_numpy(skimage_data.astronaut()[:256, 64:320].copy()).permute(2, 0, 1).float()[None] / 255
+    gen = torch.Generator().manual_seed(0)
+    y = (torch.nn.functional.avg_pool2d(x, 3, 1, 1) + 0.03 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    a, b = _hwc(x), _hwc(y)
+    terms = []
+    for scale in range(5):
+        if scale:
+            h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+            a = a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3))
+            b = b[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3))
+        full, cs = _reference_ms_ssim_terms(a, b)
+        skimage_ssim = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                             data_range=1.0, channel_axis=2)  # fmt: skip
+        assert full == pytest.approx(skimage_ssim, abs=1e-9)
+        terms.append(full if scale == 4 else cs)
+    ref = float(np.prod(np.clip(terms, 0, None) ** np.array(metrics.MS_SSIM_WEIGHTS)))
+    assert 0.9 < ref < 0.99  # a blurred noisy copy: clearly below 1
+    assert metrics.ms_ssim(y, x).item() == pytest.approx(ref, abs=2e-5)
+    assert metrics.ms_ssim(x, y).item() == pytest.approx(ref, abs=2e-5)
 
 
 def test_ms_ssim_rejects_images_too_small_for_five_scales():

@@ -276,6 +276,10 @@ def _load_path(path: Path) -> Decoder:
     if path.is_dir():
         if (path / "model.safetensors").is_file():
             return _load_file(path / "model.safetensors")
+        from fastdecoders.models.teachers import load_diffusers_vae, vae_folder
+
+        if vae_folder(path) is not None:  # an original diffusers VAE (a teacher) with its real weights
+            return load_diffusers_vae(path)
         if (path / "config.json").is_file():
             return _load_diffusers_tiny_folder(path)
         raise FastDecodersError(f"{path} holds neither model.safetensors nor a diffusers config.json")
@@ -334,6 +338,10 @@ def load_decoder(
 
 
 def _load_registered(spec: DecoderSpec, weights_dir) -> Decoder:
+    if spec.arch == "diffusers-vae":  # the original VAEs: a diffusers folder, not a weights file
+        from fastdecoders.models.teachers import load_published
+
+        return load_published(spec.name, weights_dir)
     if not spec.has_weights:
         raise FastDecodersError(
             f"{spec.name} has no released weights; train it (fastdecoders train) and pass the resulting file, "

@@ -1,8 +1,10 @@
-"""The speed grid: decoders × sizes × dtype × backend, each decoder's teacher (the original VAE) in the same run.
+"""The speed grid: decoders × shapes × dtype × backend, each decoder's teacher (the original VAE) in the same run.
 
-Every row has exactly the keys of ``ROW_KEYS``. ``shape`` is the decoded pixel shape (B×3×H×W, video B×3×T×H×W);
-``gflops`` is per forward pass; ``tflops`` is achieved throughput (GFLOP / ms); ``speedup_vs_teacher`` is the
-teacher's median latency over this row's at the same shape, dtype and backend.
+Every row has the keys of ``ROW_KEYS`` (plus extras: spread, runs, memory ratio, fraction of the device peak).
+``shape`` is the decoded pixel shape (B×3×H×W; video and frame-wise decodes of a clip B×3×T×H×W); ``gflops`` is
+per forward pass; ``tflops`` is achieved throughput (GFLOP / ms); ``speedup_vs_teacher`` is the teacher's median
+latency over this row's at the same shape, dtype and backend, and ``mem_ratio_vs_teacher`` the same for peak memory.
+Cells that cannot run here (CUDA graphs on a CPU, a backend that fails to build) are listed as skipped, with why.
 """
 
 from __future__ import annotations
@@ -17,84 +19,168 @@ import torch
 from torch import nn
 
 from fastdecoders.bench.flops import count_flops
-from fastdecoders.bench.timing import default_sync, peak_memory_mb, reset_peak_memory, time_cuda_events, time_fn
+from fastdecoders.bench.timing import CpuPeak, Timing, default_sync, time_cuda_events, time_fn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import get_latent_space
 
 ROW_KEYS = ("decoder", "shape", "dtype", "backend", "ms_median", "ms_min", "peak_mem_mb", "gflops", "tflops",
             "speedup_vs_teacher", "teacher")  # fmt: skip
 BACKENDS = ("eager", "channels_last", "compile", "cuda-graphs")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+#: the issue's grid: images (side) and videos (pixel frames × H × W).
+GPU_SIZES = ("512", "1024", "2048", "14x576x1024", "81x480x832", "121x512x768")
+CPU_SIZES = ("256", "512")
+
+
+@dataclass(frozen=True)
+class Size:
+    """An output size: ``frames`` pixel frames (None: an image, or the default clip) of ``height``×``width``."""
+
+    height: int
+    width: int
+    frames: int | None = None
+
+    def __str__(self) -> str:
+        hw = f"{self.height}x{self.width}" if self.height != self.width else str(self.height)
+        return f"{self.frames}x{self.height}x{self.width}" if self.frames else hw
+
+
+def parse_size(text: str) -> Size:
+    """``"512"`` -> 512², ``"480x832"`` -> H×W, ``"81x480x832"`` -> T×H×W (pixel frames)."""
+    parts = text.strip().lower().split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise FastDecodersError(f"--sizes: expected N, HxW or TxHxW integers, got {text!r}") from None
+    if len(numbers) not in (1, 2, 3) or any(n <= 0 for n in numbers):
+        raise FastDecodersError(f"--sizes: expected N, HxW or TxHxW of positive integers, got {text!r}")
+    if len(numbers) == 1:
+        return Size(numbers[0], numbers[0])
+    if len(numbers) == 2:
+        return Size(numbers[0], numbers[1])
+    return Size(numbers[1], numbers[2], numbers[0])
+
+
+def parse_dtype(name: str) -> str:
+    """fp32/fp16/bf16 (or float32/float16/bfloat16) -> the short name."""
+    short = DTYPE_ALIASES.get(name.strip().lower(), name.strip().lower())
+    if short not in DTYPES:
+        raise FastDecodersError(f"--dtype: expected some of fp32, fp16, bf16, got {name!r}")
+    return short
 
 
 @dataclass
 class Grid:
     decoders: list[str]
-    sizes: list[int]
+    sizes: list[Size]
     batch: int = 1
-    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    dtypes: list[str] = field(default_factory=lambda: ["fp32"])
     backends: list[str] = field(default_factory=lambda: ["eager"])
     device: str = "cpu"
     runs: int = 10
     warmup: int = 3
     teacher: bool = True
-    #: latent frames for video decoders (pixel frames follow the latent space's arithmetic).
+    #: latent frames of video decoders for a size without T (pixel frames follow the latent space's arithmetic).
     frames: int = 3
     #: random-init tiny test configs instead of the full ones (smoke tests only; latencies mean nothing).
     tiny: bool = False
 
 
-def check_device(device: str, backends: list[str]) -> torch.device:
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device that exists here (one line otherwise)."""
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise FastDecodersError(f"--device: expected e.g. cpu or cuda, got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FastDecodersError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
+        raise FastDecodersError(f"--device: expected a device this machine has (cpu), got {device!r}: no CUDA GPU "
+                                f"visible to torch {torch.__version__}")  # fmt: skip
+    if dev.type not in ("cpu", "cuda"):
+        raise FastDecodersError(f"--device: expected cpu or cuda, got {device!r}")
+    return dev
+
+
+def check_backends(backends: list[str]) -> None:
     for backend in backends:
         if backend not in BACKENDS:
             raise FastDecodersError(f"--backend: expected some of {', '.join(BACKENDS)}, got {backend!r}")
-        if backend == "cuda-graphs" and dev.type != "cuda":
-            raise FastDecodersError(f"--backend cuda-graphs needs a CUDA device, got --device {device}")
-    return dev
+
+
+def skip_reason(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` does not apply on ``device`` (None: it does)."""
+    if backend == "cuda-graphs" and device.type != "cuda":
+        return f"cuda-graphs needs a CUDA device, this run is on {device.type}"
+    return None
 
 
 def load_for_bench(name: str, device: torch.device, dtype: torch.dtype, tiny: bool = False) -> nn.Module:
     """A registry name (random init: timing does not depend on weight values) or a saved decoder path, in eval mode."""
     from fastdecoders.registry import build_decoder, is_registered
-    from fastdecoders.weights import load_decoder
 
     if is_registered(name):
         decoder = build_decoder(name, tiny=tiny)
     elif Path(name).exists():
+        from fastdecoders.weights import load_decoder
+
         decoder = load_decoder(name)
     else:
         from fastdecoders.registry import unknown_name_message
 
         raise FastDecodersError(unknown_name_message(name))
+    if not hasattr(decoder, "registry_name") or decoder.registry_name is None:
+        decoder.registry_name = name
     return decoder.to(device=device, dtype=dtype).eval()
 
 
-def make_inputs(decoder: nn.Module, size: int, batch: int, frames: int, device, dtype) -> tuple[tuple, dict, str]:
-    """Random diffusion-space latents decoding to ``size``² pixels: (args, kwargs, output shape as 'Bx3xHxW')."""
+def _describe(name: str, tiny: bool) -> nn.Module:
+    """The decoder ``name`` without real storage where possible (meta tensors: its latent space and layout only)."""
+    from fastdecoders.registry import build_decoder, is_registered
+
+    if is_registered(name):
+        with torch.device("meta"):
+            return build_decoder(name, tiny=tiny)
+    return load_for_bench(name, torch.device("cpu"), torch.float32, tiny)
+
+
+def _takes_num_frames(decoder: nn.Module) -> bool:
+    return "num_frames" in inspect.signature(decoder.forward).parameters
+
+
+def make_inputs(decoder: nn.Module, size: Size, batch: int, frames: int, device, dtype) -> tuple[tuple, dict, str]:
+    """Random diffusion-space latents decoding to ``size``: (args, kwargs, output shape as 'Bx3xHxW'/'Bx3xTxHxW').
+
+    Video decoders (NCTHW) decode one clip per batch item; SVD-style temporal decoders get (B·T, C, h, w) +
+    ``num_frames``; image decoders given a clip size decode its B·T frames as one batch (frame-wise, as pipelines do).
+    """
     space = get_latent_space(decoder.latent_space_name)
     f = space.spatial_factor
-    if size <= 0 or size % f:
-        raise FastDecodersError(f"--sizes: {decoder.registry_name or 'decoder'} ({space.name}) needs a positive "
-                                f"multiple of {f} pixels, got {size}")  # fmt: skip
-    h = size // f
+    name = getattr(decoder, "registry_name", None) or "decoder"
+    if size.height % f or size.width % f:
+        raise FastDecodersError(f"--sizes: {name} ({space.name} latents) expected height and width that are positive "
+                                f"multiples of {f} pixels, got {size}")  # fmt: skip
+    h, w = size.height // f, size.width // f
     if decoder.latent_ndim == 5:
-        z = torch.randn(batch, space.channels, frames, h, h, device=device, dtype=dtype)
-        return (z,), {}, f"{batch}x3x{space.pixel_frames(frames)}x{size}x{size}"
-    if "num_frames" in inspect.signature(decoder.forward).parameters and space.layout == "NTCHW":
-        z = torch.randn(batch * frames, space.channels, h, h, device=device, dtype=dtype)  # SVD: (B·T, C, h, w)
-        return (z,), {"num_frames": frames}, f"{batch}x3x{frames}x{size}x{size}"
-    z = torch.randn(batch, space.channels, h, h, device=device, dtype=dtype)
-    return (z,), {}, f"{batch}x3x{size}x{size}"
+        pixel = size.frames if size.frames else space.pixel_frames(frames)
+        try:
+            t = space.latent_frames(pixel)
+        except FastDecodersError as e:
+            raise FastDecodersError(f"--sizes {size}: {name}: {e}") from None
+        z = torch.randn(batch, space.channels, t, h, w, device=device, dtype=dtype)
+        return (z,), {}, f"{batch}x3x{pixel}x{size.height}x{size.width}"
+    if _takes_num_frames(decoder) and space.layout == "NTCHW":
+        pixel = size.frames or frames
+        z = torch.randn(batch * pixel, space.channels, h, w, device=device, dtype=dtype)  # SVD: (B·T, C, h, w)
+        return (z,), {"num_frames": pixel}, f"{batch}x3x{pixel}x{size.height}x{size.width}"
+    if size.frames:
+        z = torch.randn(batch * size.frames, space.channels, h, w, device=device, dtype=dtype)
+        return (z,), {}, f"{batch}x3x{size.frames}x{size.height}x{size.width}"
+    z = torch.randn(batch, space.channels, h, w, device=device, dtype=dtype)
+    return (z,), {}, f"{batch}x3x{size.height}x{size.width}"
 
 
 def prepare(decoder: nn.Module, args: tuple, kwargs: dict, backend: str) -> Callable[[], torch.Tensor]:
-    """A no-argument callable running one decode with ``backend``."""
+    """A no-argument callable running one decode with ``backend`` (``decoder`` may be changed in place)."""
     if backend == "channels_last":
         fmt = torch.channels_last_3d if args[0].ndim == 5 else torch.channels_last
         decoder = decoder.to(memory_format=fmt)
@@ -132,14 +218,17 @@ def _cuda_graph(decoder: nn.Module, args: tuple, kwargs: dict) -> Callable[[], t
 
 def _probe(decoder: nn.Module, dtype_name: str, device: torch.device, name: str) -> None:
     """Fail with one line, up front, when the dtype does not run on this device (e.g. an op without fp16 kernel)."""
-    args, kwargs, _ = make_inputs(decoder, get_latent_space(decoder.latent_space_name).spatial_factor, 1, 1,
-                                  device, next(decoder.parameters()).dtype)  # fmt: skip
+    space = get_latent_space(decoder.latent_space_name)
+    probe = Size(space.spatial_factor, space.spatial_factor)
+    args, kwargs, _ = make_inputs(decoder, probe, 1, 1, device, next(decoder.parameters()).dtype)
     try:
         with torch.inference_mode():
             decoder(*args, **kwargs)
-    except RuntimeError as e:
+    except (RuntimeError, NotImplementedError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise FastDecodersError(f"--dtype {dtype_name} does not run {name} on {device}: {first}") from None
+        raise FastDecodersError(
+            f"--dtype: expected a dtype {name} runs in on {device}, got {dtype_name} ({first})"
+        ) from None
 
 
 def teachers_for(decoders: list[nn.Module]) -> dict[str, str]:
@@ -150,65 +239,127 @@ def teachers_for(decoders: list[nn.Module]) -> dict[str, str]:
     return {s: t for s in sorted(spaces) if (t := teacher_for(s)) is not None}
 
 
-def run_grid(grid: Grid, progress: bool = True) -> list[dict]:
-    """Measure every grid cell; returns the rows (teachers included, unless ``grid.teacher`` is False)."""
+def measure(
+    step: Callable[[], object], device: torch.device, warmup: int, runs: int, static_mb: float
+) -> tuple[Timing, float]:
+    """(timing, peak memory in MiB) of ``step``.
+
+    CUDA: CUDA events around each timed call; peak = ``torch.cuda.max_memory_allocated`` over the timed runs (weights,
+    inputs and activations). CPU: ``time.perf_counter``; peak = ``static_mb`` (weights + inputs, already resident) +
+    the process's RSS growth during one decode after warm-up, with the heap trimmed first.
+    """
+    if device.type == "cuda":
+        for _ in range(warmup):
+            step()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        timing = time_cuda_events(step, 0, runs)
+        return timing, torch.cuda.max_memory_allocated(device) / 2**20
+    for _ in range(warmup):
+        step()
+    tracker = CpuPeak()
+    tracker.start()
+    step()
+    peak = static_mb + tracker.growth() / 2**20
+    return time_fn(step, 0, runs, sync=default_sync(device)), peak
+
+
+def _tensor_mb(decoder: nn.Module, args: tuple) -> float:
+    tensors = list(decoder.parameters()) + list(decoder.buffers()) + [a for a in args if torch.is_tensor(a)]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def run_grid(grid: Grid, progress: bool = True, peaks: dict[str, float] | None = None) -> tuple[list[dict], list[dict]]:
+    """Measure every grid cell: (rows, skipped cells with a reason). Teachers are added unless ``grid.teacher`` is
+    False. ``peaks`` (from ``flops.device_peak``) adds each row's fraction of the measured matmul peak."""
     from tqdm import tqdm
 
-    device = check_device(grid.device, grid.backends)
-    for name in grid.dtypes:
-        if name not in DTYPES:
-            raise FastDecodersError(f"--dtype: expected some of {', '.join(DTYPES)}, got {name!r}")
+    from fastdecoders.bench.flops import peak_tflops
+
+    device = check_device(grid.device)
+    check_backends(grid.backends)
+    dtypes = [parse_dtype(d) for d in grid.dtypes]
     if not grid.decoders:
-        raise FastDecodersError("no decoders given; name registered decoders or saved decoder paths")
-    first = {n: load_for_bench(n, device, torch.float32, grid.tiny) for n in grid.decoders}
+        raise FastDecodersError("expected decoders to bench (registered names or saved decoder paths), got none")
+    if not grid.sizes:
+        raise FastDecodersError("--sizes: expected at least one size, e.g. 256,512, got none")
+    first = {n: _describe(n, grid.tiny) for n in grid.decoders}
     for decoder in first.values():  # sizes first: cheap, and a clear error before any long run
         for size in grid.sizes:
             make_inputs(decoder, size, grid.batch, grid.frames, "meta", torch.float32)
     names = list(grid.decoders)
     teachers = teachers_for(list(first.values())) if grid.teacher else {}
     names += [t for t in teachers.values() if t not in names]
-    cells = [(n, s, d, b) for d in grid.dtypes for b in grid.backends for n in names for s in grid.sizes]
+    spaces = {n: d.latent_space_name for n, d in first.items()}
+    del first
+    cells = [(n, s, d, b) for d in dtypes for b in grid.backends for n in names for s in grid.sizes]
     rows: list[dict] = []
+    skipped: list[dict] = []
     flops_cache: dict[tuple[str, str], int] = {}
-    sync = default_sync(device)
-    bar = tqdm(cells, desc="bench", unit="cell", file=sys.stderr, disable=not progress)
     loaded: dict[tuple[str, str], nn.Module] = {}
+    bar = tqdm(cells, desc="bench", unit="cell", file=sys.stderr, disable=None if progress else True)
     for name, size, dtype_name, backend in bar:
-        bar.set_postfix_str(f"{name} {size}px {dtype_name} {backend}")
+        bar.set_postfix_str(f"{name} {size} {dtype_name} {backend}")
+        cell = {"decoder": name, "shape": str(size), "dtype": dtype_name, "backend": backend}
+        reason = skip_reason(backend, device)
+        if reason:
+            skipped.append({**cell, "reason": reason})
+            continue
         key = (name, dtype_name)
         if key not in loaded:
             loaded[key] = load_for_bench(name, device, DTYPES[dtype_name], grid.tiny)
             _probe(loaded[key], dtype_name, device, name)
         decoder = loaded[key]
+        spaces.setdefault(name, decoder.latent_space_name)
         args, kwargs, shape = make_inputs(decoder, size, grid.batch, grid.frames, device, DTYPES[dtype_name])
-        if (name, shape) not in flops_cache:  # FLOPs depend on the shape only, not on dtype or backend
-            flops_cache[(name, shape)] = count_flops(lambda d=decoder, a=args, k=kwargs: d(*a, **k))
-        step = prepare(decoder, args, kwargs, backend)
-        reset_peak_memory(device)
-        if device.type == "cuda":
-            timing = time_cuda_events(step, grid.warmup, grid.runs)
-        else:
-            timing = time_fn(step, grid.warmup, grid.runs, sync=sync)
+        cell["shape"] = shape
+        try:
+            if (name, shape) not in flops_cache:  # FLOPs depend on the shape only, not on dtype or backend
+                flops_cache[(name, shape)] = count_flops(lambda d=decoder, a=args, k=kwargs: d(*a, **k))
+            step = prepare(decoder, args, kwargs, backend)
+            timing, peak_mb = measure(step, device, grid.warmup, grid.runs, _tensor_mb(decoder, args))
+        except torch.OutOfMemoryError:
+            skipped.append({**cell, "reason": "out of memory"})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        except Exception as e:  # a backend that cannot build here (no compiler, unsupported op): skip, say why
+            if backend == "eager":
+                raise
+            skipped.append({**cell, "reason": _first_line(e)})
+            loaded.pop(key, None)
+            continue
+        finally:
+            if backend != "eager":
+                loaded.pop(key, None)  # compiled / channels_last / captured modules must not leak into the next cell
         gflops = flops_cache[(name, shape)] / 1e9
-        space = decoder.latent_space_name
+        tflops = gflops / timing.ms_median  # GFLOP per ms = TFLOP per s
+        peak = peak_tflops(peaks, dtype_name) if peaks else None
         rows.append({
-            "decoder": name, "shape": shape, "dtype": dtype_name, "backend": backend,
-            "ms_median": timing.ms_median, "ms_min": timing.ms_min, "peak_mem_mb": peak_memory_mb(device),
-            "gflops": gflops, "tflops": gflops / timing.ms_median, "speedup_vs_teacher": None,
-            "teacher": teachers.get(space),
+            **cell, "ms_median": timing.ms_median, "ms_min": timing.ms_min, "peak_mem_mb": peak_mb, "gflops": gflops,
+            "tflops": tflops, "speedup_vs_teacher": None, "teacher": teachers.get(spaces[name]),
+            "ms_spread": timing.ms_spread, "runs": timing.runs, "mem_ratio_vs_teacher": None,
+            "peak_fraction": tflops / peak if peak else None,
         })  # fmt: skip
-        if backend != "eager":
-            loaded.pop(key)  # compiled / channels_last / captured modules must not leak into the next backend
-    _fill_speedups(rows)
-    return rows
+    fill_speedups(rows)
+    return rows, skipped
 
 
-def _fill_speedups(rows: list[dict]) -> None:
-    by_cell = {(r["decoder"], r["shape"], r["dtype"], r["backend"]): r["ms_median"] for r in rows}
+def fill_speedups(rows: list[dict]) -> None:
+    """Set ``speedup_vs_teacher`` (teacher ms / row ms) and ``mem_ratio_vs_teacher`` (teacher MiB / row MiB) from the
+    teacher's row at the same shape, dtype and backend; None where the teacher has no such row."""
+    by_cell = {(r["decoder"], r["shape"], r["dtype"], r["backend"]): r for r in rows}
     for row in rows:
         teacher = row["teacher"]
-        ms = by_cell.get((teacher, row["shape"], row["dtype"], row["backend"])) if teacher else None
-        row["speedup_vs_teacher"] = ms / row["ms_median"] if ms else None
+        ref = by_cell.get((teacher, row["shape"], row["dtype"], row["backend"])) if teacher else None
+        row["speedup_vs_teacher"] = ref["ms_median"] / row["ms_median"] if ref and row["ms_median"] > 0 else None
+        ok = ref and row["peak_mem_mb"] and ref["peak_mem_mb"]
+        row["mem_ratio_vs_teacher"] = ref["peak_mem_mb"] / row["peak_mem_mb"] if ok else None
 
 
 def device_name(device: str) -> str:
@@ -218,4 +369,6 @@ def device_name(device: str) -> str:
     import os
     import platform
 
-    return f"cpu {platform.processor() or platform.machine()} x{os.cpu_count()} (torch {torch.__version__})"
+    threads = torch.get_num_threads()
+    cpu = platform.processor() or platform.machine()
+    return f"cpu {cpu} x{os.cpu_count()}, {threads} torch threads (torch {torch.__version__})"

@@ -1,11 +1,14 @@
 """Wall-clock timing of a callable: median/min/spread over repeated runs, and peak memory.
 
-On CUDA, kernels are asynchronous: each run is bracketed by ``torch.cuda.synchronize`` so the clock measures the
-GPU work, not the launch. Clock and sync are injectable so tests can feed known times.
+On CUDA, kernels are asynchronous: each run is bracketed by ``torch.cuda.synchronize`` (``time_fn``) or CUDA events
+(``time_cuda_events``) so the clock measures the GPU work, not the launch. Clock and sync are injectable so tests can
+feed known times.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
 import statistics
 import sys
@@ -28,6 +31,13 @@ class Timing:
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
+
+
+def summarize(times_ms: list[float]) -> Timing:
+    """Median, min and spread (max - min) of per-run times in ms."""
+    if not times_ms:
+        raise ValueError("expected at least one time, got none")
+    return Timing(statistics.median(times_ms), min(times_ms), max(times_ms) - min(times_ms), len(times_ms))
 
 
 def default_sync(device: torch.device | str) -> Callable[[], None]:
@@ -58,7 +68,7 @@ def time_fn(
         fn()
         sync()
         times.append((clock() - start) * 1e3)
-    return Timing(statistics.median(times), min(times), max(times) - min(times), runs)
+    return summarize(times)
 
 
 def time_cuda_events(fn: Callable[[], object], warmup: int = 3, runs: int = 10) -> Timing:
@@ -74,7 +84,68 @@ def time_cuda_events(fn: Callable[[], object], warmup: int = 3, runs: int = 10) 
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return Timing(statistics.median(times), min(times), max(times) - min(times), runs)
+    return summarize(times)
+
+
+# -- memory ------------------------------------------------------------------------------------------------------------
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc), so the next allocation shows up as RSS growth."""
+    name = ctypes.util.find_library("c")
+    if sys.platform.startswith("linux") and name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+class CpuPeak:
+    """Peak resident-set growth (bytes) of this process over a block, on Linux via ``/proc/self/clear_refs``.
+
+    ``start()`` trims the heap, resets the kernel's high-water mark (VmHWM) and records VmRSS; ``growth()`` is
+    VmHWM - that baseline. Where the mark cannot be reset (not Linux, no permission), ``exact`` is False and
+    ``growth()`` falls back to ``ru_maxrss`` - baseline: an upper bound, since ``ru_maxrss`` never goes down.
+    """
+
+    def __init__(self) -> None:
+        self.baseline = 0
+        self.exact = False
+
+    def start(self) -> None:
+        _trim_heap()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # 5: reset the peak RSS (Linux >= 4.0)
+            rss = _proc_status_kib("VmRSS")
+            self.exact = rss is not None
+            self.baseline = (rss or 0) * 1024
+        except OSError:
+            self.exact = False
+            self.baseline = _ru_maxrss_bytes()
+
+    def growth(self) -> int:
+        if self.exact:
+            hwm = _proc_status_kib("VmHWM")
+            if hwm is not None:
+                return max(0, hwm * 1024 - self.baseline)
+        return max(0, _ru_maxrss_bytes() - self.baseline)
+
+
+def _ru_maxrss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
 
 
 def reset_peak_memory(device: torch.device | str) -> None:
@@ -83,11 +154,7 @@ def reset_peak_memory(device: torch.device | str) -> None:
 
 
 def peak_memory_mb(device: torch.device | str) -> float:
-    """Peak allocated CUDA memory since the last reset, or the process's peak RSS on CPU (MiB).
-
-    CPU peak RSS cannot be reset, so it is an upper bound over the whole process, not per measurement.
-    """
+    """Peak allocated CUDA memory since the last reset, or the process's peak RSS on CPU (MiB, never reset)."""
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+    return _ru_maxrss_bytes() / 2**20

@@ -14,6 +14,7 @@ from fastdecoders.commands import add_device, add_weights_dir
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import read_latents, write_image, write_video
 from fastdecoders.latents import get_latent_space, ncthw_to_ntchw, ntchw_to_ncthw, to_01
+from fastdecoders.tiling import decode_tiled, parse_tile
 from fastdecoders.weights import load_decoder
 
 
@@ -25,11 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latents-space", dest="space", default=None, help="latent space if the file lacks it")
     parser.add_argument("--raw", action="store_true", help="the latents are raw VAE latents (apply scale/shift first)")
     parser.add_argument("--fps", type=float, default=16.0, help="frame rate of the MP4")
+    parser.add_argument("--tile", default="auto", help="auto (tile/chunk only if the memory estimate needs it), "
+                        "off, or the tile side in latent pixels (exact for TAE decoders, blended otherwise)")  # fmt: skip
+    parser.add_argument("--max-memory-mb", type=float, default=None,
+                        help="memory budget for --tile auto (default: 80%% of free device memory)")  # fmt: skip
     add_weights_dir(parser)
     add_device(parser)
 
 
 def run(args: argparse.Namespace) -> dict:
+    tile = parse_tile(str(args.tile))
+    if args.max_memory_mb is not None and args.max_memory_mb <= 0:
+        raise FastDecodersError(f"--max-memory-mb: expected a positive number, got {args.max_memory_mb}")
+    budget = None if args.max_memory_mb is None else int(args.max_memory_mb * 2**20)
     latents = read_latents(args.latents)
     decoder = load_decoder(args.decoder, latents=args.space, weights_dir=args.weights_dir, device=args.device,
                            dtype=getattr(torch, args.dtype))  # fmt: skip
@@ -46,10 +55,29 @@ def run(args: argparse.Namespace) -> dict:
         latents = space.to_diffusion(latents.float())
     latents = latents.to(args.device, getattr(torch, args.dtype))
     out = Path(args.out)
+    tiled = _Tiled(decoder, tile, budget)
     with torch.inference_mode():
         if latents.ndim == 5:
-            return _decode_video(decoder, space, latents, out, args.fps)
-        return _decode_images(decoder, latents, out)
+            result = _decode_video(tiled, space, latents, out, args.fps)
+        else:
+            result = _decode_images(tiled, latents, out)
+    return {**result, "tiling": tiled.report}
+
+
+class _Tiled:
+    """``decoder`` called through ``decode_tiled``; keeps the last call's report (JSON-ready)."""
+
+    def __init__(self, decoder, tile: int | str, budget: int | None):
+        self.decoder, self.tile, self.budget = decoder, tile, budget
+        self.registry_name, self.latent_ndim = getattr(decoder, "registry_name", None), decoder.latent_ndim
+        self.forward = decoder.forward  # for the num_frames check
+        self.report: dict | None = None
+
+    def __call__(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        images, report = decode_tiled(self.decoder, latents, tile=self.tile, max_memory_bytes=self.budget,
+                                      num_frames=num_frames)  # fmt: skip
+        self.report = {k: v for k, v in report.as_dict().items() if k != "notes"} | {"notes": report.notes}
+        return images
 
 
 def _frames_first(latents: torch.Tensor, channels: int, what: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ only decodes again what it shows in the report, so an interrupted run resumes wh
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -556,7 +557,7 @@ def evaluate(decoders: list[str | nn.Module], config: EvalConfig, encoders: dict
             runner.encoder(run.space)
     unit = {"images": "img", "videos": "clip", "latents": "latent"}[config.kind]
     with torch.inference_mode():
-        for item in tqdm(items, desc="eval", unit=unit, disable=not config.progress, dynamic_ncols=True):
+        for item in tqdm(items, desc="eval", unit=unit, file=sys.stderr, disable=not config.progress, dynamic_ncols=True):
             try:
                 runner.process(item)
             except PER_INPUT_ERRORS as e:

@@ -44,6 +44,14 @@ class Decoder(nn.Module):
     def latent_channels(self) -> int:
         return self.config.latent_channels
 
+    @property
+    def receptive_field(self) -> int | None:
+        """Latent pixels each side of an output pixel's position that it depends on; None if unbounded or unknown.
+
+        ``fastdecoders.tiling`` tiles exactly when this is known (overlap >= it), and blends tiles otherwise.
+        """
+        return None
+
     def decode(self, latents: torch.Tensor, return_dict: bool = True, **kwargs: Any) -> DecoderOutput | tuple:
         """diffusers-style entry point: ``decode(z).sample`` is RGB in [-1, 1]."""
         sample = self(latents, **kwargs)

@@ -23,7 +23,7 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.base import Decoder
-from fastdecoders.models.layers import Clamp, conv3x3
+from fastdecoders.models.layers import Clamp, SpatialOps, conv3x3, module_ops, receptive_radius, sequence_ops
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,10 @@ class MemBlock(nn.Module):
         self.conv = nn.Sequential(conv3x3(2 * c, c), nn.ReLU(), conv3x3(c, c), nn.ReLU(), conv3x3(c, c))
         self.act = nn.ReLU()
 
+    def spatial_ops(self) -> SpatialOps:
+        """One conv chain over (frame t, frame t−1) stacked as channels: spatially a plain residual branch."""
+        return [("conv", receptive_radius(module_ops(self.conv) or []))]
+
     def forward(self, x: torch.Tensor, previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         first = torch.zeros_like(x[:, :1]) if previous is None else previous[:, None]
         past = torch.cat([first, x[:, :-1]], dim=1)  # the input shifted one frame later in time
@@ -93,6 +97,9 @@ class TimeUpsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, 2 * channels, 1)
+
+    def spatial_ops(self) -> SpatialOps:
+        return []  # 1x1 conv
 
     def forward(self, x: torch.Tensor, started: bool | None) -> tuple[torch.Tensor, bool]:
         b, t, c, h, w = x.shape
@@ -131,6 +138,12 @@ class CausalTAEDecoder(Decoder):
     def __init__(self, config: CausalConfig):
         super().__init__(config)
         self.layers = nn.ModuleList(_layers(config))
+
+    @property
+    def receptive_field(self) -> int | None:
+        """Spatial radius in latent pixels (every layer is causal in time and spatially local)."""
+        ops = sequence_ops(self.layers)
+        return None if ops is None else receptive_radius(ops)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode a whole clip, each layer on all frames at once (fast; activations are O(T) memory).

@@ -25,7 +25,7 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.base import Decoder
-from fastdecoders.models.layers import conv3x3
+from fastdecoders.models.layers import SpatialOps, conv3x3, module_ops, receptive_radius, sequence_ops
 
 NORMS = ("bn", "rms", "ln")
 ACTS = {"relu": nn.ReLU, "silu": nn.SiLU}
@@ -87,6 +87,9 @@ class ChannelNorm(nn.Module):
         super().__init__()
         self.norm = nn.RMSNorm(channels, eps=1e-5) if kind == "rms" else nn.LayerNorm(channels, eps=1e-5)
 
+    def spatial_ops(self) -> SpatialOps:
+        return []  # per pixel
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
 
@@ -107,6 +110,12 @@ class UpBlock(nn.Module):
             if (4 * n_out) % n_in:
                 raise ValueError(f"up-block shortcut needs 4·{n_out} to be a multiple of {n_in}")
             self.repeats = 4 * n_out // n_in
+
+    def spatial_ops(self) -> SpatialOps:
+        conv = module_ops(self.conv)
+        if conv is None:
+            return None
+        return [*conv, ("up", 2)] if self.mode == "pixel_shuffle" else [("up", 2), *conv]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "pixel_shuffle":
@@ -130,6 +139,10 @@ class ResBlock(nn.Module):
             conv3x3(channels, channels, bias=False),
             make_norm(channels, norm),
         )
+
+    def spatial_ops(self) -> SpatialOps:
+        body = module_ops(self.body)
+        return None if body is None else [("conv", receptive_radius(body))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -156,6 +169,9 @@ class MultiScaleLinearAttention(nn.Module):
         )
         self.proj = nn.Conv2d(channels * (1 + len(scales)), channels, 1, bias=False)
         self.norm = make_norm(channels, norm)
+
+    def spatial_ops(self) -> SpatialOps:
+        return None  # attention over all pixels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -234,6 +250,12 @@ class EffViTDecoder(Decoder):
         self.act_out = ACTS[cfg.act]()
         # the shallowest stage always contributes one x2: on entry if it has blocks, else here (DC-AE's rule)
         self.conv_out = conv3x3(channels, 3) if cfg.depths[0] else UpBlock(channels, 3, cfg.upsample, shortcut=False)
+
+    @property
+    def receptive_field(self) -> int | None:
+        """Latent pixels for ResBlock-only configs in eval mode; None with attention (or training-mode BatchNorm)."""
+        ops = sequence_ops([self.conv_in, *self.stages.values(), self.norm_out, self.act_out, self.conv_out])
+        return None if ops is None else receptive_radius(ops)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) diffusion-space latents -> (B, 3, f·h, f·w) RGB, about [-1, 1] (not clamped)."""

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fastdecoders.models.base import Decoder
-from fastdecoders.models.layers import Clamp, ResBlock, conv3x3
+from fastdecoders.models.layers import Clamp, ResBlock, conv3x3, receptive_radius, sequence_ops
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,12 @@ class TAEDecoder(Decoder):
         super().__init__(config)
         # layers are registered by index, as in upstream's nn.Sequential, so upstream files load key for key
         _register_sequence(self, _decoder_layers(config))
+
+    @property
+    def receptive_field(self) -> int | None:
+        """19 latent pixels for the TAESD layout; None with TAEF2's pooled-GroupNorm branch (global statistics)."""
+        ops = sequence_ops(self.children())
+        return None if ops is None else receptive_radius(ops)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         x = latents

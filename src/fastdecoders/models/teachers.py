@@ -88,14 +88,15 @@ class DiffusersVAEDecoder(Decoder):
         self.latent_ndim = 5 if config.vae_class in VIDEO else 4
 
     @classmethod
-    def from_diffusers(cls, folder_or_vae: str | os.PathLike | nn.Module, latents: str) -> DiffusersVAEDecoder:
+    def from_diffusers(cls, folder_or_vae: str | os.PathLike | nn.Module, latents: str | None) -> DiffusersVAEDecoder:
         """Wrap a diffusers VAE object, or load one from a local folder (a ``vae/`` folder or a pipeline holding one).
 
-        ``latents`` names the latent space (``fastdecoders.latents``), e.g. ``"sdxl"``.
+        ``latents`` names the latent space (``fastdecoders.latents``), e.g. ``"sdxl"`` (None: set it before use).
         """
         from fastdecoders.latents import get_latent_space
 
-        get_latent_space(latents)
+        if latents is not None:
+            get_latent_space(latents)
         vae = folder_or_vae
         if not isinstance(vae, nn.Module):
             folder = Path(vae)
@@ -144,6 +145,77 @@ class DiffusersVAEDecoder(Decoder):
         if self.config.vae_class == "AutoencoderKLTemporalDecoder":
             return self.vae.decode(raw, num_frames=num_frames or latents.shape[0]).sample
         return self.vae.decode(raw).sample
+
+
+# -- real weights -----------------------------------------------------------------------------------------------------
+
+
+def vae_folder(path: str | os.PathLike) -> Path | None:
+    """The diffusers VAE folder at ``path`` (itself, or its ``vae/`` for a pipeline folder) if it holds a supported
+    class, else None."""
+    folder = Path(path)
+    if (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        class_name = json.loads(config.read_text()).get("_class_name")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return folder if class_name in SUPPORTED else None
+
+
+def load_diffusers_vae(folder: str | os.PathLike, latents: str | None = None) -> DiffusersVAEDecoder:
+    """A teacher with real weights from a local diffusers folder (a VAE folder or a pipeline holding ``vae/``).
+
+    ``latents`` names the latent space; by default it is recognised from the VAE (class, channels, factor, scaling)
+    and left unset (``latent_space_name`` None) when several families fit.
+    """
+    found = vae_folder(folder)
+    if found is None:
+        raise FastDecodersError(f"expected a diffusers {' / '.join(SUPPORTED)} folder, got {folder}")
+    import diffusers
+
+    class_name = json.loads((found / "config.json").read_text())["_class_name"]
+    vae = getattr(diffusers, class_name).from_pretrained(found)
+    if latents is None:
+        from fastdecoders.integrations.diffusers import vae_latent_spaces
+
+        spaces = vae_latent_spaces(vae)
+        # ambiguous: left unset, the caller must say (load_decoder asks for latents=)
+        latents = spaces[0].name if len(spaces) == 1 else None
+    return DiffusersVAEDecoder.from_diffusers(vae, latents)
+
+
+def load_published(name: str, weights_dir: str | os.PathLike | None = None) -> DiffusersVAEDecoder:
+    """Registered teacher ``name`` with its real weights: a folder ``<weights dir>/<name>`` (a diffusers VAE or
+    pipeline folder) on the weights search path, else the ``vae/`` of its hub repo (one clear line when offline)."""
+    from fastdecoders.registry import get_spec
+    from fastdecoders.weights import search_dirs
+
+    spec = get_spec(name)
+    for folder in search_dirs(weights_dir):
+        if vae_folder(folder / name) is not None:
+            decoder = load_diffusers_vae(folder / name, spec.latents)
+            decoder.registry_name = name
+            return decoder
+    looked = ", ".join(str(d / name) for d in search_dirs(weights_dir))
+    if spec.hub_id is None:
+        raise FastDecodersError(f"weights for {name}: expected a diffusers VAE folder at one of {looked}, found none")
+    try:
+        from huggingface_hub import snapshot_download
+
+        files = ["config.json", "diffusion_pytorch_model.safetensors"]
+        folder = snapshot_download(spec.hub_id, allow_patterns=files + [f"vae/{f}" for f in files])
+    except Exception as e:  # offline, unknown or gated repo: all end the same way for the user
+        raise FastDecodersError(
+            f"weights for {name}: expected a diffusers VAE folder at one of {looked} or the hub repo {spec.hub_id}, "
+            f"got neither ({type(e).__name__}); download it and pass the local path"
+        ) from None
+    decoder = load_diffusers_vae(folder, spec.latents)
+    decoder.registry_name = name
+    return decoder
 
 
 # -- registered teachers --------------------------------------------------------------------------------------------

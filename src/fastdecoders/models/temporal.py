@@ -20,7 +20,7 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.base import Decoder
-from fastdecoders.models.layers import ResBlock
+from fastdecoders.models.layers import ResBlock, SpatialOps, module_ops, receptive_radius, sequence_ops
 from fastdecoders.models.tae import TAEConfig, TAEDecoder, _decoder_layers, _register_sequence
 
 
@@ -75,6 +75,10 @@ class TemporalMidBlock(nn.Module):
         nn.init.zeros_(self.proj_out.bias)
         self.mix_factor = nn.Parameter(torch.zeros(()))
 
+    def spatial_ops(self) -> SpatialOps:
+        """The spatial ResBlock; attention runs across frames at each pixel, so it adds no spatial extent."""
+        return module_ops(self.spatial)
+
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         bt, c, h, w = x.shape
         y = self.spatial(x)
@@ -127,6 +131,37 @@ class TemporalTAEDecoder(Decoder):
                 x = self.temporal(x, num_frames)
             x = getattr(self, str(index))(x)
         return x.mul(2).sub(1)  # the TAE layers emit [0, 1]; diffusers' convention is [-1, 1]
+
+    @property
+    def receptive_field(self) -> int | None:
+        """Spatial radius in latent pixels of the whole decoder (the temporal block spans all frames of a clip)."""
+        layers = [getattr(self, str(i)) for i in range(self.num_tae_layers)]
+        ops = sequence_ops([*layers[: self.temporal_index], self.temporal, *layers[self.temporal_index :]])
+        return None if ops is None else receptive_radius(ops)
+
+    @property
+    def render_receptive_field(self) -> int | None:
+        """Spatial radius, in pixels of the ``temporal_features`` map (latent size), of ``render_frames``."""
+        ops = sequence_ops(getattr(self, str(i)) for i in range(self.temporal_index, self.num_tae_layers))
+        return None if ops is None else receptive_radius(ops)
+
+    def temporal_features(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """The part of ``forward`` that mixes frames, at latent size: (B·T, C, h, w) -> (B·T, widths[0], h, w).
+
+        ``render_frames(temporal_features(z, T))`` is ``forward(z, T)``; rendering is frame-wise, so it can run on
+        any subset of frames (memory-bounded video decoding, ``fastdecoders.tiling``).
+        """
+        x = latents
+        for index in range(self.temporal_index):
+            x = getattr(self, str(index))(x)
+        return self.temporal(x, num_frames)
+
+    def render_frames(self, features: torch.Tensor) -> torch.Tensor:
+        """Frame-wise rest of ``forward``: (N, widths[0], h, w) features -> (N, 3, 8h, 8w) RGB in about [-1, 1]."""
+        x = features
+        for index in range(self.temporal_index, self.num_tae_layers):
+            x = getattr(self, str(index))(x)
+        return x.mul(2).sub(1)
 
     def load_tae_weights(self, tae_state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load a ``TAEDecoder`` state dict (or an upstream TAESD decoder file's) into the TAE layers.

@@ -37,10 +37,12 @@ def encode_photos(
     return torch.cat(chunks)
 
 
-def random_latents(decoder: nn.Module, count: int, height: int, width: int, frames: int = 3) -> torch.Tensor:
+def random_latents(
+    decoder: nn.Module, count: int, height: int, width: int, frames: int = 3, seed: int = 0
+) -> torch.Tensor:
     """N(0, 1) diffusion-space latents in ``decoder``'s input layout (NCHW, or NCTHW with ``frames`` latent frames)."""
     channels = decoder.latent_channels
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     if getattr(decoder, "latent_ndim", 4) == 5:
         return torch.randn(count, channels, frames, height, width, generator=gen)
     return torch.randn(count, channels, height, width, generator=gen)

@@ -31,7 +31,8 @@ def _stages(text: str | None) -> tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("teacher", help="registry name, weights file, diffusers VAE folder, or random:SPACE")
+    parser.add_argument("teacher", help="registry name, weights file, diffusers VAE folder, random:SPACE, or a "
+                        "Flash-VAED recipe (configs/flash-vaed-*.yaml: prune, then distil in phases)")  # fmt: skip
     parser.add_argument("--keep", default="0.5", help="kept channel ratio, or one per stage (latent side first)")
     parser.add_argument("-o", "--out", required=True, help="student .safetensors (or a folder with --pareto)")
     parser.add_argument(
@@ -70,7 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pareto.add_argument("--eval-size", type=int, default=256)
     pareto.add_argument("--bench-size", type=int, default=None, help="pixel side of the timed decode (default: "
                         "eval size for images; 8 latent frames of 32x32 for video)")  # fmt: skip
+    pareto.add_argument("--runs", type=int, default=5, help="timed decodes per model (median)")
     pareto.add_argument("--extra", nargs="*", default=[], help="more students to place on the plot (LABEL=PATH)")
+    recipe = parser.add_argument_group("distillation recipe (TEACHER is a .yaml)")
+    recipe.add_argument("--phase-steps", default=None, help="override each phase's steps, e.g. 5,5,5 (smoke runs)")
     add_weights_dir(parser)
     add_device(parser)
 
@@ -113,6 +117,12 @@ def run(args: argparse.Namespace) -> dict:
     from fastdecoders.prune.core import decoder_parameters, parse_keep, prune
     from fastdecoders.weights import save_decoder
 
+    if str(args.teacher).endswith((".yaml", ".yml")):
+        from fastdecoders.prune.distill import load_recipe, phase_steps, run_recipe
+
+        recipe = load_recipe(args.teacher)
+        phase_steps(args.phase_steps, recipe.phases)
+        return run_recipe(recipe, args.out, args.device, args.weights_dir)
     dtype = getattr(torch, args.dtype)
     teacher = load_teacher(args.teacher, args.latents, args.weights_dir, args.random_init, args.device, dtype)
     if getattr(teacher, "latent_space_name", None) is None:
@@ -160,6 +170,11 @@ def _keep_label(keep: tuple[float, ...]) -> str:
 
 
 def render(result: dict) -> str:
+    if "phases" in result:
+        rows = [[p["name"], p["kind"], ", ".join(f"{k}={v}" for k, v in p["loss"].items()), p["model"]]
+                for p in result["phases"]]  # fmt: skip
+        head = f"{result['teacher']} -> {result['student']} (widths {result['widths']['student']})\n"
+        return head + format_table(["phase", "kind", "loss", "model"], rows)
     if "points" in result:
         from fastdecoders.prune.report import render_pareto
 

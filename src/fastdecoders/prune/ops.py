@@ -203,7 +203,10 @@ def swap_operators(decoder: nn.Module, sep3d_stages: Sequence[int] = (), frame2d
     overlap = set(sep3d_stages) & set(frame2d_stages)
     if overlap:
         raise FastDecodersError(f"stages {sorted(overlap)} are asked for both sep3d and frame2d")
-    new = copy.deepcopy(decoder)
+    encoder = getattr(decoder.vae, "encoder", None)  # a wrapped teacher may hold its encoder: never copied
+    new = copy.deepcopy(decoder, memo={id(encoder): None} if encoder is not None else None)
+    if getattr(new.vae, "quant_conv", None) is not None:
+        new.vae.quant_conv = None
     swaps = list(new.config.swaps)
     for kind, stages in (("sep3d", sep3d_stages), ("frame2d", frame2d_stages)):
         for stage in stages:
@@ -216,6 +219,41 @@ def swap_operators(decoder: nn.Module, sep3d_stages: Sequence[int] = (), frame2d
     _recount_wan_cache(new.vae)
     new.config = replace(new.config, swaps=tuple(tuple(s) for s in swaps))
     return new
+
+
+# -- streaming (chunked) decoding of Wan decoders ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def decode_chunks(decoder: nn.Module, latents: torch.Tensor, split: Sequence[int]) -> torch.Tensor:
+    """(B, C, t, h, w) diffusion-space latents -> (B, 3, T, H, W) in [-1, 1], decoded by a Wan ``vae-decoder`` in
+    chunks of ``split`` latent frames (the first chunk one frame, as Wan's causal cache expects), carrying the
+    causal-conv frame cache from chunk to chunk. Equal to whole-clip decoding when every conv is causal."""
+    vae = getattr(decoder, "vae", None)
+    if vae is None or not _is_wan(vae):
+        raise FastDecodersError(f"expected a Wan vae-decoder, got {type(vae or decoder).__name__}")
+    t = latents.shape[2]
+    if sum(split) != t or any(n < 0 for n in split) or not split or split[0] != 1:
+        raise FastDecodersError(f"expected chunk sizes >= 0 summing to {t} latent frames, 1 first, got {list(split)}")
+    x = vae.post_quant_conv(decoder.raw_latents(latents))
+    vae.clear_cache()
+    outs, start = [], 0
+    try:
+        for i, n in enumerate(split):
+            if n == 0:
+                continue
+            vae._conv_idx = [0]
+            chunk = x[:, :, start : start + n]
+            outs.append(vae.decoder(chunk, feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0))
+            start += n
+    finally:
+        vae.clear_cache()
+    out = torch.cat(outs, dim=2)
+    if vae.config.patch_size is not None:
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+        out = unpatchify(out, patch_size=vae.config.patch_size)
+    return out.clamp(-1.0, 1.0)
 
 
 # -- timing and profiling --------------------------------------------------------------------------------------------

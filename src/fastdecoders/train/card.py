@@ -55,7 +55,13 @@ def model_card(summary: dict[str, Any], config_yaml: str) -> str:
         "|---|---|",
         f"| data | {data['train_items']} training items from {', '.join(data['folders'])} |",
         f"| crops | {data['crop']}² random crops{', random flips' if data['flips'] else ''}; latents cached once |",
-        f"| losses | {', '.join(f'{k} × {v:g}' for k, v in s['losses'].items())} |",
+        f"| losses | {', '.join(f'{k} × {v:g}' for k, v in s['losses'].items()) or '–'} |",
+        *[
+            f"| phase {p['phase']} | steps {p['start']}–{'end' if p['until'] is None else p['until']}: "
+            f"{', '.join(f'{k} × {v:g}' for k, v in p['weights'].items())} |"
+            for p in s.get("phases", [])
+        ],
+        *([f"| feature alignment | {'; '.join(s['feature_pairs'])} |"] if s.get("feature_pairs") else []),
         f"| perceptual network | {s['perceptual_net'] or '–'} |",
         f"| steps | {s['steps']} (global batch {s['global_batch']}, {s['world_size']} process(es)) |",
         f"| training time | {s['seconds'] / 60:.1f} min on {s['device']} |",

@@ -15,9 +15,9 @@ from fastdecoders.commands import format_table
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML training config (see configs/)")
-    parser.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
+    parser.add_argument("-o", "--out", default=None, help="run folder (default: runs/<config name>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.steps=2000 (repeatable; values are YAML)")  # fmt: skip
+                        help="override a config value, e.g. train.steps=2000 (repeatable; YAML values)")  # fmt: skip
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                         help="continue the run in --out from its newest checkpoint (or from CHECKPOINT); "
                         "'auto': continue if there is one, else start")  # fmt: skip

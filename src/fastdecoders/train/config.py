@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -79,14 +80,21 @@ class TeacherConfig:
 class StudentConfig:
     """The decoder being trained."""
 
-    #: a registered architecture (``fastdecoders list``): tae192-sdxl, taesdxl, effvit-sdxl, tae-temporal-svd …
-    name: str = "tae192-sdxl"
+    #: a registered architecture (``fastdecoders list``): tae192-sdxl, taesdxl, effvit-sdxl, tae-temporal-svd …;
+    #: null: the decoder in ``init`` as it is (its own architecture and config, e.g. a pruned decoder).
+    name: str | None = "tae192-sdxl"
     #: weights to start from: a file/folder of ours or upstream, or a registry name with weights; None: random init.
     init: str | None = None
     #: the registry's tiny test config of ``name`` (tests and smoke runs).
     tiny: bool = False
     #: overrides of the architecture config's fields, e.g. ``{pool: true}`` for a TAE on FLUX.2 latents.
     config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.name is None and self.init is None:
+            _fail("student: expected a registered name or an init file (student.init), got neither")
+        if self.name is None and (self.tiny or self.config):
+            _fail("student.tiny/student.config: expected a registered student.name to apply them to, got null")
 
 
 @dataclass
@@ -136,9 +144,48 @@ class DataConfig:
             _fail(f"data.resize ({self.resize}) is smaller than data.crop ({self.crop}): no crop would fit")
 
 
+#: loss terms that carry a weight (in ``loss`` and in each of ``loss.phases``).
+WEIGHTED_TERMS = ("pixel", "distill", "perceptual", "adversarial", "temporal", "feature")
+#: terms of which at least one must be on at every step (the others refine, they cannot train alone).
+MAIN_TERMS = ("pixel", "distill", "perceptual", "feature")
+PHASE_BOUNDS = ("start_step", "until_step")
+
+
 @dataclass
 class LossConfig:
-    """Loss terms; each is multiplied by its weight, and a weight of 0 turns the term (and its cost) off."""
+    """Loss terms; each is multiplied by its weight, and a weight of 0 turns the term (and its cost) off.
+
+    Weights (floats >= 0): ``pixel``, ``distill``, ``perceptual``, ``adversarial``, ``temporal``, ``feature``.
+
+    **Feature alignment** (``feature`` > 0): the student's intermediate activations are pulled towards the teacher
+    decoder's. ``features`` lists the pairs of module names (``named_modules()`` of the student and of the teacher
+    decoder; for a diffusers VAE teacher the names are the VAE's, e.g. ``decoder.up_blocks.0``)::
+
+        features:
+          - {student: layers.4, teacher: layers.4}
+          - {student: layers.9, teacher: layers.9}
+
+    The output of each named module is captured with a forward hook; when the channel counts differ, the student's
+    activation goes through a 1x1 convolution (``student width -> teacher width``) that is trained with the student
+    (saved in checkpoints, not in the final model). The term is the mean over pairs of ``feature_kind`` (mse or l1)
+    between the (projected) student activation and the teacher's, which must have the same shape otherwise. The
+    teacher decoder then runs (without gradients) on every step where ``feature`` > 0.
+
+    **Phases** (``phases``): a list of weight schedules, for multi-phase distillation. Each entry holds
+    ``start_step`` (first step, inclusive) and/or ``until_step`` (end, exclusive), an optional ``name``, and any of
+    the weights above; weights it leaves out keep the top-level value. A phase without ``start_step`` starts where
+    the previous one ended (step 0 for the first); a phase without ``until_step`` ends where the next one starts
+    (never, for the last). Steps outside every phase use the top-level weights::
+
+        loss:
+          pixel: 1.0
+          distill: 1.0
+          features: [{student: layers.4, teacher: layers.4}]
+          phases:
+            - {name: align, until_step: 2000, pixel: 0, distill: 0, feature: 1.0}
+            - {name: distill, until_step: 8000, feature: 0.1}
+            - {name: finetune, perceptual: 0.1, feature: 0}
+    """
 
     #: student vs the original image.
     pixel: float = 1.0
@@ -161,18 +208,113 @@ class LossConfig:
     disc_layers: int = 3
     #: frame-difference consistency with the original clip (video students only).
     temporal: float = 0.0
+    #: feature alignment with the teacher decoder (see the class docstring); needs ``features``.
+    feature: float = 0.0
+    feature_kind: str = "mse"
+    #: pairs ``{student: MODULE, teacher: MODULE}`` of module names whose outputs are aligned.
+    features: list[dict[str, str]] = field(default_factory=list)
+    #: weight schedules (see the class docstring).
+    phases: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self):
         _non_negative("loss", pixel=self.pixel, distill=self.distill, perceptual=self.perceptual,
                       adversarial=self.adversarial, adversarial_start=self.adversarial_start,
-                      adversarial_warmup=self.adversarial_warmup, temporal=self.temporal)  # fmt: skip
+                      adversarial_warmup=self.adversarial_warmup, temporal=self.temporal,
+                      feature=self.feature)  # fmt: skip
         _positive("loss", disc_lr=self.disc_lr, disc_channels=self.disc_channels, disc_layers=self.disc_layers)
         for name, kinds in (("pixel_kind", PIXEL_KINDS), ("distill_kind", PIXEL_KINDS),
-                            ("perceptual_net", PERCEPTUAL_NETS)):  # fmt: skip
+                            ("feature_kind", PIXEL_KINDS), ("perceptual_net", PERCEPTUAL_NETS)):  # fmt: skip
             if getattr(self, name) not in kinds:
                 _fail(f"loss.{name} must be one of {', '.join(kinds)}, got {getattr(self, name)!r}")
-        if not (self.pixel or self.distill or self.perceptual):
-            _fail("loss: at least one of pixel, distill, perceptual needs a weight > 0")
+        for i, pair in enumerate(self.features):
+            if set(pair) != {"student", "teacher"} or not all(isinstance(v, str) and v for v in pair.values()):
+                _fail(f"loss.features[{i}]: expected {{student: MODULE, teacher: MODULE}}, got {pair!r}")
+        self._spans = self._phase_spans()
+        schedules = [("loss", self.base_weights())] if not self._covered() else []
+        schedules += [(f"loss.phases[{i}]", self._phase_weights(i)) for i in range(len(self.phases))]
+        for where, weights in schedules:
+            if not any(weights[t] for t in MAIN_TERMS):
+                _fail(f"{where}: expected a weight > 0 for at least one of {', '.join(MAIN_TERMS)}, got none")
+        if self.uses("feature") and not self.features:
+            _fail("loss.feature > 0: expected loss.features (pairs of student/teacher module names), got none")
+
+    def _phase_spans(self) -> list[tuple[int, float]]:
+        """[start, end) of each phase, in order; one clear error for bad or overlapping bounds."""
+        spans: list[tuple[int, float]] = []
+        for i, phase in enumerate(self.phases):
+            where = f"loss.phases[{i}]"
+            if not isinstance(phase, dict):
+                _fail(f"{where}: expected a mapping of weights, got {type(phase).__name__}")
+            for key, value in phase.items():
+                if key == "name":
+                    if not isinstance(value, str):
+                        _fail(f"{where}.name: expected str, got {type(value).__name__} {value!r}")
+                elif key in PHASE_BOUNDS:
+                    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                        _fail(f"{where}.{key}: expected an int >= 0, got {value!r}")
+                elif key in WEIGHTED_TERMS:
+                    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                        _fail(f"{where}.{key}: expected a weight >= 0, got {value!r}")
+                else:
+                    _unknown_key(f"{where}.{key}", ["name", *PHASE_BOUNDS, *WEIGHTED_TERMS])
+        for i, phase in enumerate(self.phases):
+            start = phase.get("start_step", spans[-1][1] if spans else 0)
+            if "until_step" in phase:
+                end: float = phase["until_step"]
+            elif i + 1 < len(self.phases):
+                if "start_step" not in self.phases[i + 1]:
+                    _fail(f"loss.phases[{i}]: expected until_step (or start_step in phases[{i + 1}]), got neither")
+                end = self.phases[i + 1]["start_step"]
+            else:
+                end = math.inf
+            if start == math.inf:
+                _fail(f"loss.phases[{i}]: expected start_step (phases[{i - 1}] never ends), got none")
+            if spans and start < spans[-1][1]:
+                _fail(f"loss.phases[{i}]: expected to start at or after step {spans[-1][1]}, got start {start}")
+            if end <= start:
+                _fail(f"loss.phases[{i}]: expected until_step > start step {start}, got {end}")
+            spans.append((int(start), end))
+        return spans
+
+    def spans(self) -> list[tuple[int, float]]:
+        """[start, end) of each phase (end ``math.inf`` for an open last phase)."""
+        return list(self._spans)
+
+    def base_weights(self) -> dict[str, float]:
+        """The top-level weights, {term: weight}."""
+        return {t: float(getattr(self, t)) for t in WEIGHTED_TERMS}
+
+    def _phase_weights(self, index: int) -> dict[str, float]:
+        phase = self.phases[index]
+        return {t: float(phase.get(t, getattr(self, t))) for t in WEIGHTED_TERMS}
+
+    def phase_at(self, step: int) -> int | None:
+        """Index of the phase that holds ``step`` (0-based optimizer step), or None (top-level weights)."""
+        for i, (start, end) in enumerate(self._spans):
+            if start <= step < end:
+                return i
+        return None
+
+    def weights_at(self, step: int) -> dict[str, float]:
+        """{term: weight} in force at optimizer step ``step`` (before the adversarial warm-up ramp)."""
+        i = self.phase_at(step)
+        return self.base_weights() if i is None else self._phase_weights(i)
+
+    def _covered(self) -> bool:
+        """True when the phases cover every step (the top-level weights are then never used as such)."""
+        s = self._spans
+        return (
+            bool(s)
+            and s[0][0] == 0
+            and s[-1][1] == math.inf
+            and all(a[1] == b[0] for a, b in zip(s, s[1:], strict=False))
+        )
+
+    def uses(self, term: str) -> bool:
+        """True if ``term`` has a weight > 0 at some step (its network, cache entries or hooks must be set up)."""
+        if getattr(self, term) and not self._covered():
+            return True
+        return any(self._phase_weights(i)[term] for i in range(len(self.phases)))
 
 
 @dataclass
@@ -251,8 +393,9 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self):
-        if self.loss.distill and self.teacher.decoder is None and self.teacher.vae is None:
-            _fail("loss.distill > 0 needs a teacher decoder (teacher.decoder or teacher.vae)")
+        for term in ("distill", "feature"):
+            if self.loss.uses(term) and self.teacher.decoder is None and self.teacher.vae is None:
+                _fail(f"loss.{term} > 0: expected a teacher decoder (teacher.decoder or teacher.vae), got none")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-ready: tuples become lists."""
@@ -368,7 +511,8 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.steps=2000"`` -> (["train", "steps"], 2000); the value is read as YAML (``[a, b]``, ``null``, ``1e-3``)."""
+    """``"train.steps=2000"`` -> (["train", "steps"], 2000); the value is read as YAML (``[a, b]``, ``null``,
+    ``1e-3``)."""
     import yaml
 
     if "=" not in text:

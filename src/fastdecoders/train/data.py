@@ -30,7 +30,6 @@ from fastdecoders.io import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     atomic_path,
-    atomic_write_text,
     crop_to_multiple,
     list_images,
     read_image,
@@ -395,6 +394,10 @@ class Batches:
         return Batch(move(latents).float(), _to_pm1(move(pixels)), _to_pm1(move(teacher)) if teacher else None)
 
 
+def _stack(items: list[torch.Tensor], idx: list[int], device: torch.device | str) -> torch.Tensor:
+    return torch.stack([items[k] for k in idx]).to(device)
+
+
 def val_batches(data: Split, batch_size: int, device: torch.device | str, limit: int | None = None):
     """Validation items in order, batched where their shapes agree: yields (Batch, item indices)."""
     n = len(data) if limit is None else min(limit, len(data))
@@ -404,9 +407,8 @@ def val_batches(data: Split, batch_size: int, device: torch.device | str, limit:
         while j < n and j - i < batch_size and data.pixels[j].shape == data.pixels[i].shape:
             j += 1
         idx = list(range(i, j))
-        stack = lambda xs: torch.stack([xs[k] for k in idx]).to(device)  # noqa: E731
-        teacher = _to_pm1(stack(data.teacher)) if data.teacher is not None else None
-        yield Batch(stack(data.latents).float(), _to_pm1(stack(data.pixels)), teacher), idx
+        teacher = _to_pm1(_stack(data.teacher, idx, device)) if data.teacher is not None else None
+        yield Batch(_stack(data.latents, idx, device).float(), _to_pm1(_stack(data.pixels, idx, device)), teacher), idx
         i = j
 
 

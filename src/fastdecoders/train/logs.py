@@ -53,13 +53,36 @@ class RunLog:
                 self.notes.append("TensorBoard logs skipped: pip install tensorboard")
 
     def _row(self, name: str, values: dict[str, float | int]) -> None:
+        """Append a row; a column seen for the first time (a loss term that a later phase turns on) rewrites the
+        file with the wider header, earlier rows leaving it empty."""
         path = self.out / name
-        new = not path.is_file()
-        with path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(values))
-            if new:
+        header: list[str] = []
+        if path.is_file():
+            with path.open(newline="") as f:
+                header = next(csv.reader(f), [])
+        new_keys = [k for k in values if k not in header]
+        if new_keys and header:
+            with path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            header += new_keys
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=header, restval="")
                 writer.writeheader()
-            writer.writerow(values)
+                writer.writerows(rows)
+        elif new_keys:
+            header = list(values)
+            with path.open("w", newline="") as f:
+                csv.DictWriter(f, fieldnames=header).writeheader()
+        with path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=header, restval="").writerow(values)
+
+    def note(self, step: int, text: str) -> None:
+        """A line in the log (stderr) and in the run's notes (model card), e.g. a loss phase change."""
+        if not self.enabled:
+            return
+        line = f"step {step}: {text}"
+        self.notes.append(line)
+        (self.bar.write if self.bar is not None and not self.bar.disable else print)(line, file=sys.stderr)
 
     def step(self, step: int, values: dict[str, float]) -> None:
         """A training row: step, lr, loss terms, images/s."""

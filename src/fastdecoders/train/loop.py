@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -159,12 +160,17 @@ def run_student(model: nn.Module, kind: str, latents: torch.Tensor, channels_las
     return model(latents.transpose(1, 2)).transpose(1, 2)  # (B, t, C, h, w) -> NCTHW -> (B, T, 3, H, W)
 
 
-def build_student(cfg: StudentConfig, weights_dir: str | None) -> Decoder:
-    """The student: the registered architecture (tiny or full, with config overrides), then ``init`` weights."""
+def build_student(cfg: StudentConfig, weights_dir: str | None, latents: str | None = None) -> Decoder:
+    """The student: the registered architecture (tiny or full, with config overrides), then ``init`` weights.
+    Without ``name``, the student is the ``init`` decoder itself (its own architecture and config, e.g. a pruned
+    decoder)."""
     from fastdecoders.models.base import config_from_dict, config_to_dict
     from fastdecoders.registry import build_decoder, get_spec
     from fastdecoders.weights import load_decoder, load_strict
 
+    if cfg.name is None:
+        student = load_decoder(cfg.init, latents=latents, weights_dir=weights_dir, dtype=torch.float32)
+        return student.float().train().requires_grad_(True)
     spec = get_spec(cfg.name)
     config = spec.tiny if cfg.tiny else spec.config
     if cfg.config:
@@ -259,10 +265,9 @@ def sample_grid(model: nn.Module, kind: str, val: Split, count: int, device: tor
     rows = []
     for batch, _ in data_mod.val_batches(val, count, device, limit=count):
         out = run_student(model, kind, batch.latents).float()
+        cells = [batch.pixels] + ([batch.teacher] if batch.teacher is not None else []) + [out]
         for i in range(batch.pixels.shape[0]):
-            first = lambda x: x[i, 0] if x.ndim == 5 else x[i]  # noqa: E731
-            cells = [batch.pixels] + ([batch.teacher] if batch.teacher is not None else []) + [out]
-            rows.append([to_01(first(c)).cpu() for c in cells])
+            rows.append([to_01(c[i, 0] if c.ndim == 5 else c[i]).cpu() for c in cells])
     h = min(r[0].shape[-2] for r in rows)
     w = min(r[0].shape[-1] for r in rows)
     return image_grid([[c[:, :h, :w] for c in r] for r in rows])
@@ -308,12 +313,28 @@ def _resume_state(cfg: TrainConfig, out: Path, resume: bool | str | None) -> tup
     return found
 
 
+def check_student_space(student: Decoder, space: LatentSpace) -> None:
+    """A student read from a file must decode the teacher's latents."""
+    from fastdecoders.latents import get_latent_space
+    from fastdecoders.train.teachers import spaces_compatible
+
+    name = getattr(student, "latent_space_name", None)
+    if name is not None and not spaces_compatible(get_latent_space(name), space):
+        raise FastDecodersError(f"teacher/student latent mismatch: expected a student for {space.name} latents, "
+                                f"got student.init reading {name} latents")  # fmt: skip
+
+
 def check_setup(cfg: TrainConfig) -> tuple[LatentSpace, str]:
     """Every check that needs no weights or data: latent spaces, student kind vs data, crop sizes. (space, kind)"""
     from fastdecoders.registry import get_spec
 
     space = check_spaces(cfg.teacher, cfg.student)
-    kind = student_kind(ARCHITECTURES[get_spec(cfg.student.name).arch])
+    if cfg.student.name is None:  # the student is the init file's decoder: its architecture is known once read
+        student = build_student(cfg.student, cfg.teacher.weights_dir, space.name)
+        check_student_space(student, space)
+        kind = student_kind(student)
+    else:
+        kind = student_kind(ARCHITECTURES[get_spec(cfg.student.name).arch])
     d, f = cfg.data, space.spatial_factor
     if kind == "image" and not d.images:
         raise FastDecodersError(f"student {cfg.student.name} decodes images; data.images is empty")
@@ -324,12 +345,63 @@ def check_setup(cfg: TrainConfig) -> tuple[LatentSpace, str]:
     if d.crop % f or (d.val_size is not None and d.val_size % f):
         raise FastDecodersError(f"data.crop and data.val_size must be multiples of {f} ({space.name} latents)")
     if kind != "image":
-        if d.frames < 2 and cfg.loss.temporal:
+        if d.frames < 2 and cfg.loss.uses("temporal"):
             raise FastDecodersError("loss.temporal needs data.frames >= 2")
         space.latent_frames(d.frames)  # causal spaces: frames must be 1 + k·temporal_factor
-    elif cfg.loss.temporal:
+    elif cfg.loss.uses("temporal"):
         raise FastDecodersError(f"loss.temporal is for video students; {cfg.student.name} decodes images")
     return space, kind
+
+
+# -- feature alignment ----------------------------------------------------------------------------------------------
+
+
+def teacher_forward(teacher, kind: str, latents: torch.Tensor) -> None:
+    """Run the teacher decoder on a batch's latents (for its feature hooks): images as one batch, clips one by one
+    ((t, C, h, w) each, the teacher's own clip layout). No gradients; the output is dropped."""
+    if kind == "image":
+        teacher.decode_live(latents)
+    else:
+        for clip in latents:
+            teacher.decode_live(clip)
+
+
+def setup_alignment(cfg: TrainConfig, student: Decoder, teacher, space: LatentSpace, kind: str,
+                    device: torch.device) -> tuple[nn.Module, list[str]]:  # fmt: skip
+    """Hooks on both decoders, checked and sized on one zero-latent crop: (FeatureAlignment, a line per pair)."""
+    from fastdecoders.train.features import FeatureAlignment
+
+    if teacher.decoder_module is None:
+        raise FastDecodersError("loss.feature > 0: expected a teacher decoder, got none")
+    align = FeatureAlignment(cfg.loss.features, student, teacher.decoder_module, cfg.loss.feature_kind).to(device)
+    cells = cfg.data.crop // space.spatial_factor
+    if kind == "image":
+        z = torch.zeros(1, space.channels, cells, cells, device=device)
+    else:
+        z = torch.zeros(1, space.latent_frames(cfg.data.frames), space.channels, cells, cells, device=device)
+    was_training = student.training
+    student.eval()  # no BatchNorm statistics from the probe
+    try:
+        lines = align.probe(lambda: run_student(student, kind, z), lambda: teacher_forward(teacher, kind, z),
+                            cfg.train.seed)  # fmt: skip
+    finally:
+        student.train(was_training)
+    return align.to(device), lines
+
+
+def all_reduce_grads(module: nn.Module, d: Dist) -> None:
+    """Average ``module``'s gradients over the processes (for parameters that DDP does not wrap)."""
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= d.world
+
+
+def describe_phase(cfg, index: int | None) -> str:
+    if index is None:
+        return "(top-level weights)"
+    name = cfg.phases[index].get("name")
+    return f"{index}" + (f" ({name})" if name else "")
 
 
 # -- data -----------------------------------------------------------------------------------------------------------
@@ -340,7 +412,7 @@ def prepare_data(cfg: TrainConfig, teacher, out: Path, d: Dist, kind: str) -> tu
     source_kind = "image" if kind == "image" else "video"
     train_sources, val_sources = data_mod.split_sources(cfg.data, source_kind)
     sources = {"train": train_sources, "val": val_sources}
-    teacher_outputs = bool(cfg.loss.distill)
+    teacher_outputs = cfg.loss.uses("distill")
     key = data_mod.cache_key(cfg.data, teacher.fingerprint, sources, cfg.data.flips, teacher_outputs)
     folder = Path(cfg.data.cache_dir or out / "cache") / key
     done = folder / "index.json"
@@ -403,33 +475,46 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
 
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    # Frozen networks first: a missing perceptual package fails before the (long) caching.
+    # The student first (its initial weights depend on the seed alone), and its EMA.
+    student = build_student(cfg.student, cfg.teacher.weights_dir, space.name).to(device).train()
+    channels_last = t.channels_last and kind == "image"
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    ema = EMA(student, t.ema_decay) if t.ema_decay else None
+
+    # Frozen networks: a missing perceptual package or a wrong feature name fails before the (long) caching.
     perceptual = None
-    if cfg.loss.perceptual:
+    if cfg.loss.uses("perceptual"):
         from fastdecoders.train.perceptual import perceptual_distance
 
         perceptual = perceptual_distance(cfg.loss.perceptual_net, device)
     teacher = load_teacher(cfg.teacher, device)
+    align = None
+    if cfg.loss.uses("feature"):
+        align, lines = setup_alignment(cfg, student, teacher, space, kind, device)
+        if d.main:
+            print("feature alignment: " + "; ".join(lines), file=sys.stderr)
     train_data, val_data, cache = prepare_data(cfg, teacher, out, d, kind)
     teacher_desc = teacher.description
-    del teacher  # the encoder is never needed again
+    if align is None:
+        del teacher  # the encoder is never needed again
+    else:
+        teacher.encoder = None  # the decoder runs every feature-alignment step; the encoder never again
     on_device = cfg.data.on_device and device.type != "cpu"
     if on_device:
         train_data = train_data.to(device)
     val_data = val_data.to(device)
     batches = Batches(train_data, space, cfg.data.crop, t.batch_size, t.seed, cfg.data.flips, d.rank, d.world, device)
 
-    # The student, its EMA, the optimizer and schedule; the discriminator when the GAN term is on.
-    seed_everything(t.seed)  # the same initial weights whatever happened above
-    student = build_student(cfg.student, cfg.teacher.weights_dir).to(device).train()
-    channels_last = t.channels_last and kind == "image"
-    if channels_last:
-        student = student.to(memory_format=torch.channels_last)
-    ema = EMA(student, t.ema_decay) if t.ema_decay else None
-    optimizer = torch.optim.AdamW(student.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    # The optimizer (student and feature projections) and schedule; the discriminator when the GAN term is on.
+    groups = [{"params": list(student.parameters())}]
+    if align is not None and list(align.projections.parameters()):
+        groups.append({"params": list(align.projections.parameters()), "weight_decay": 0.0})
+    trainable = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(warmup_cosine, cfg=t))
     disc = disc_opt = None
-    if cfg.loss.adversarial:
+    if cfg.loss.uses("adversarial"):
         disc = PatchDiscriminator(cfg.loss.disc_channels, cfg.loss.disc_layers).to(device).train()
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.loss.disc_lr or t.lr, betas=(0.5, 0.9))
     objective = Objective(cfg.loss, perceptual)
@@ -438,6 +523,8 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
     if resumed is not None:
         path, state = resumed
         student.load_state_dict(state["student"])
+        if align is not None:
+            align.projections.load_state_dict(state["projections"])
         if ema is not None:
             ema.model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -468,6 +555,8 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
     clock = Stopwatch(device, seconds, train_seconds, images)
     last = {"val": -1, "samples": -1, "checkpoint": -1}
     running: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    current_phase: int | None = -1
     stopped = "steps"
     final = lambda: ema.model if ema is not None else student  # noqa: E731  (the weights that are shipped)
 
@@ -478,6 +567,7 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
                 "step": step, "student": student.state_dict(), "ema": ema.model.state_dict() if ema else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "disc": disc.state_dict() if disc else None, "disc_optimizer": disc_opt.state_dict() if disc else None,
+                "projections": align.projections.state_dict() if align is not None else None,
                 "rng": ckpt.rng_state(), "data": batches.position(step), "seconds": clock.seconds,
                 "train_seconds": clock.train_seconds, "images": clock.images, "init_val": init_val,
                 "config": cfg.to_dict(),
@@ -490,14 +580,27 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
         batch = batches.batch(step)
 
         # Student step: decode the cached latents, weigh the losses, clip, step, schedule, EMA.
+        phase = cfg.loss.phase_at(step)
+        if cfg.loss.phases and phase != current_phase and d.main:
+            log.note(step, f"loss phase {describe_phase(cfg.loss, phase)}: {cfg.loss.weights_at(step)}")
+        current_phase = phase
+        aligning = align is not None and cfg.loss.weights_at(step)["feature"] > 0
         with _autocast(t, device):
-            output = run_student(forward, kind, batch.latents, channels_last)
+            with align.student.on() if aligning else contextlib.nullcontext():
+                output = run_student(forward, kind, batch.latents, channels_last)
+            feature = None
+            if aligning:
+                with align.teacher.on():
+                    teacher_forward(teacher, kind, batch.latents)
+                feature = align.loss()
             if disc is not None:
                 disc.requires_grad_(False)  # the generator's GAN term must not train the discriminator
-            loss, parts = objective(output, batch, step, disc)
+            loss, parts = objective(output, batch, step, disc, feature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), t.grad_clip or math.inf)
+        if align is not None and d.world > 1:  # the projections are outside DDP: average their gradients here
+            all_reduce_grads(align.projections, d)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip or math.inf)
         optimizer.step()
         scheduler.step()
         if ema is not None:
@@ -518,15 +621,17 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
         clock.count(batch.num_images * d.world)
         for name, value in {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **parts}.items():
             running[name] = running.get(name, 0) + value.float()  # summed on the device: no sync per step
+            counts[name] = counts.get(name, 0) + 1
         log.advance()
 
         # Logs and the time budget (all processes agree on stopping), then validation, samples, checkpoints.
         if step % cfg.log.every == 0 or step == t.steps:
-            steps_in_window = clock.window_steps
             images_per_s = clock.lap()
-            values = {k: float(v) / steps_in_window for k, v in running.items()}
-            log.step(step, {**values, "lr": scheduler.get_last_lr()[0], "images_per_s": images_per_s})
-            running = {}
+            values = {k: float(v) / counts[k] for k, v in running.items()}
+            phase_index = -1 if current_phase is None else current_phase
+            log.step(step, {**values, "lr": scheduler.get_last_lr()[0], "images_per_s": images_per_s,
+                            "phase": phase_index})  # fmt: skip
+            running, counts = {}, {}
             out_of_time = t.max_minutes is not None and clock.seconds >= 60 * t.max_minutes
             if any_process(d, out_of_time) and step < t.steps:
                 stopped = f"time budget ({t.max_minutes:g} min)"
@@ -586,17 +691,22 @@ def _finish(cfg: TrainConfig, out: Path, model: Decoder, space: LatentSpace, tea
         "val_psnr_vs_teacher": val.get("psnr_vs_teacher"),
         "teacher_val": cache["teacher_val"],
         "init_val": metrics(init_val),
-        "student": {"name": cfg.student.name, "arch": model.arch, "params": model.num_parameters(),
-                    "tiny": cfg.student.tiny},  # fmt: skip
+        "student": {"name": cfg.student.name or Path(cfg.student.init).name, "arch": model.arch,
+                    "params": model.num_parameters(), "tiny": cfg.student.tiny},  # fmt: skip
         "teacher": teacher_desc,
         "latent_space": space.name,
         "ema": cfg.train.ema_decay is not None,
-        "losses": {k: getattr(cfg.loss, k) for k in ("pixel", "distill", "perceptual", "adversarial", "temporal")
-                   if getattr(cfg.loss, k)},  # fmt: skip
+        "losses": {k: v for k, v in cfg.loss.base_weights().items() if v},
+        "phases": [{"phase": describe_phase(cfg.loss, i), "start": start, "until": None if end == math.inf else end,
+                    "weights": {k: v for k, v in cfg.loss.weights_at(start).items() if v}}
+                   for i, (start, end) in enumerate(cfg.loss.spans())],  # fmt: skip
+        "feature_pairs": [f"{p['student']} -> {p['teacher']}" for p in cfg.loss.features]
+        if cfg.loss.uses("feature") else [],
         "perceptual_net": getattr(perceptual, "name", None),
         "global_batch": cfg.train.batch_size * d.world,
         "world_size": d.world,
-        "device": torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": (torch.cuda.get_device_name(d.device) if d.device.type == "cuda"
+                   else f"cpu ({torch.get_num_threads()} threads)"),
         "stopped": stopped,
         "weights_sha256": digest,
         "cache": {k: cache[k] for k in ("folder", "seconds", "reused", "skipped")},

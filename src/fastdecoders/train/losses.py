@@ -5,7 +5,10 @@
 * perceptual: LPIPS or EfficientNet-Lite0 feature distance to the original (``perceptual.py``);
 * adversarial: patch-GAN hinge loss, switched on at ``adversarial_start`` and ramped in over ``adversarial_warmup``;
 * temporal: L1 between the frame-to-frame differences of the decoded clip and of the original clip, which
-  penalises flicker that a per-frame loss does not see.
+  penalises flicker that a per-frame loss does not see;
+* feature: alignment of named intermediate activations with the teacher decoder's (``features.py``).
+
+The weights in force at a step come from ``LossConfig.weights_at(step)`` (the top-level weights or a phase's).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastdecoders.errors import FastDecodersError
 from fastdecoders.train.config import LossConfig
 from fastdecoders.train.data import Batch
 
@@ -61,11 +65,12 @@ def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 def adversarial_weight(cfg: LossConfig, step: int) -> float:
-    """0 before ``adversarial_start``, then a linear ramp to ``adversarial`` over ``adversarial_warmup`` steps."""
-    if not cfg.adversarial or step < cfg.adversarial_start:
+    """0 before ``adversarial_start``, then a linear ramp to the weight in force over ``adversarial_warmup`` steps."""
+    weight = cfg.weights_at(step)["adversarial"]
+    if not weight or step < cfg.adversarial_start:
         return 0.0
     ramp = 1.0 if cfg.adversarial_warmup == 0 else min(1.0, (step - cfg.adversarial_start + 1) / cfg.adversarial_warmup)
-    return cfg.adversarial * ramp
+    return weight * ramp
 
 
 def frames(x: torch.Tensor) -> torch.Tensor:
@@ -77,27 +82,41 @@ def frames(x: torch.Tensor) -> torch.Tensor:
 
 
 class Objective(nn.Module):
-    """The student's weighted loss: ``(total, {term: value})`` for one batch of decoded output."""
+    """The student's weighted loss: ``(total, {term: value})`` for one batch of decoded output at ``step``."""
 
     def __init__(self, cfg: LossConfig, perceptual: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
         self.perceptual = perceptual
 
-    def forward(self, out: torch.Tensor, batch: Batch, step: int, disc: nn.Module | None = None):
+    def forward(self, out: torch.Tensor, batch: Batch, step: int, disc: nn.Module | None = None,
+                feature: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+        """``out``: decoded batch in the batch's pixel layout, about [-1, 1]; ``feature``: the feature-alignment
+        term of this step (``FeatureAlignment.loss()``), when it is on."""
         cfg, parts = self.cfg, {}
-        if cfg.pixel:
-            parts["pixel"] = (cfg.pixel, distance(out, batch.pixels, cfg.pixel_kind))
-        if cfg.distill:
-            parts["distill"] = (cfg.distill, distance(out, batch.teacher, cfg.distill_kind))
-        if cfg.perceptual:
+        w = cfg.weights_at(step)
+        if w["pixel"]:
+            parts["pixel"] = (w["pixel"], distance(out, batch.pixels, cfg.pixel_kind))
+        if w["distill"]:
+            if batch.teacher is None:
+                raise FastDecodersError("loss.distill: expected cached teacher outputs, got a batch without them")
+            parts["distill"] = (w["distill"], distance(out, batch.teacher, cfg.distill_kind))
+        if w["perceptual"]:
+            if self.perceptual is None:
+                raise FastDecodersError("loss.perceptual: expected a perceptual network, got none")
             # perceptual networks take [0, 1]; the student's output is left unclamped so gradients flow everywhere
             x, y = (frames(t).add(1).div(2) for t in (out, batch.pixels))
-            parts["perceptual"] = (cfg.perceptual, self.perceptual(x, y).float().mean())
+            parts["perceptual"] = (w["perceptual"], self.perceptual(x, y).float().mean())
         weight = adversarial_weight(cfg, step)
         if weight and disc is not None:
             parts["adversarial"] = (weight, hinge_generator_loss(disc(frames(out))))
-        if cfg.temporal and out.ndim == 5:
-            parts["temporal"] = (cfg.temporal, temporal_loss(out, batch.pixels))
-        total = sum(w * v for w, v in parts.values())
+        if w["temporal"] and out.ndim == 5:
+            parts["temporal"] = (w["temporal"], temporal_loss(out, batch.pixels))
+        if w["feature"] and feature is not None:
+            parts["feature"] = (w["feature"], feature)
+        total = sum(wt * v for wt, v in parts.values())
+        if not any(k in parts for k in ("pixel", "distill", "perceptual", "adversarial", "temporal")):
+            # the output reaches no term (feature alignment alone): keep every parameter in the graph, so that
+            # DistributedDataParallel sees a gradient (zero) for the layers after the last aligned module
+            total = total + out.float().mean() * 0.0
         return total, {name: v.detach() for name, (_, v) in parts.items()}

@@ -52,7 +52,8 @@ def teacher_space(cfg: TeacherConfig) -> LatentSpace:
     from fastdecoders.weights import TAE_ENCODERS
 
     if cfg.encoder is not None and cfg.encoder not in TAE_ENCODERS:
-        raise FastDecodersError(f"teacher.encoder: unknown TAE encoder {cfg.encoder!r}; known: {', '.join(TAE_ENCODERS)}")
+        known = ", ".join(TAE_ENCODERS)
+        raise FastDecodersError(f"teacher.encoder: expected a TAE encoder ({known}), got {cfg.encoder!r}")
     if cfg.latents is not None:
         space = get_latent_space(cfg.latents)
         if cfg.encoder is not None and cfg.encoder not in (
@@ -79,7 +80,7 @@ def student_space(cfg: StudentConfig) -> LatentSpace | None:
     """The latent space a registered student reads; None when only known after loading ``student.init``."""
     from fastdecoders.registry import get_spec
 
-    return get_latent_space(get_spec(cfg.name).latents)
+    return None if cfg.name is None else get_latent_space(get_spec(cfg.name).latents)
 
 
 def check_spaces(teacher: TeacherConfig, student: StudentConfig) -> LatentSpace:
@@ -144,10 +145,23 @@ class Teacher:
             z = z[0].permute(1, 0, 2, 3)  # (1, C, t, h, w) -> (t, C, h, w)
         return z.float().cpu()
 
+    @property
+    def decoder_module(self) -> nn.Module | None:
+        """The module whose ``named_modules()`` feature alignment refers to: the TAE decoder, or the diffusers VAE."""
+        return self.vae if self.vae is not None else self.decoder
+
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Inverse layout of ``encode``: latents -> frames (N or T, 3, H, W) in [-1, 1] (unclamped), float32, CPU."""
-        z = latents.to(self.device, torch.float32)
+        return self._decode(latents.to(self.device, torch.float32)).float().cpu()
+
+    @torch.no_grad()
+    def decode_live(self, latents: torch.Tensor) -> torch.Tensor:
+        """``decode`` on the device, in the caller's dtype/autocast and without the CPU copy (feature alignment runs
+        it every step; its hooks see the activations). Same layouts as ``decode``."""
+        return self._decode(latents.to(self.device))
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
         frames = z.shape[0]
         if self.clip_wise:
             z = z.permute(1, 0, 2, 3)[None]
@@ -163,7 +177,7 @@ class Teacher:
             x = self.decoder(z)
         if self.clip_wise:
             x = x[0].permute(1, 0, 2, 3)
-        return x.float().cpu()
+        return x
 
 
 def _file_identity(path: str | os.PathLike) -> str:
@@ -216,7 +230,11 @@ def _load_vae(cfg: TeacherConfig, space: LatentSpace, device: torch.device) -> t
     try:
         vae = cls.from_pretrained(cfg.vae, **kwargs)
     except Exception as e:  # missing files, offline hub, wrong class: one line for the user
-        raise FastDecodersError(f"teacher.vae {cfg.vae}: not a loadable {space.vae_class} ({type(e).__name__})") from None
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise FastDecodersError(
+            f"teacher.vae: expected a loadable {space.vae_class} (local folder or reachable hub id), "
+            f"got {cfg.vae!r} ({type(e).__name__}: {reason})"
+        ) from None
     vae = vae.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     return vae, ((mean, std) if mean is not None and std is not None else None)

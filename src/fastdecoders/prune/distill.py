@@ -1,0 +1,379 @@
+"""Flash-VAED's three-phase dynamic distillation of a pruned decoder, as a thin driver over the trainer.
+
+A recipe (``configs/flash-vaed-*.yaml``) is a training config (``fastdecoders.train.config``: teacher, data, loss,
+train, log) plus two sections read here:
+
+* ``prune``: how the student is made: ``teacher`` (default: ``teacher.decoder``), ``keep`` (a ratio or per-stage
+  ratios), ``method``, ``fold``, calibration (``calib`` photos / ``calib_count`` / ``calib_size``, or random latents
+  for random-weight teachers) and video operator swaps (``sep3d_stages``, ``frame2d_stages``);
+* ``phases``: the schedule, a list of ``{name, steps, lr?, loss: {...}}``. A phase whose loss has a ``feature``
+  weight is a **feature-alignment** phase, run here (``align_features``): the student's stage outputs are matched
+  to the teacher's through 1x1 projections where widths differ (least-squares initialised), plus an optional
+  ``distill`` (output L1) term, on the calibration latents. Every other phase calls the trainer once
+  (``fastdecoders.train.train``) with the recipe's loss section updated by the phase's weights (e.g. phase 2
+  ``pixel + distill + perceptual``, phase 3 the same ``+ adversarial``) and ``train.steps`` set to the phase's steps.
+
+Each phase starts from the previous phase's model (``student.init``); the pruned student is registered under its
+own name (``register_student``) so the trainer builds it like any registered decoder.
+
+Run: ``fastdecoders prune configs/flash-vaed-tiny.yaml -o runs/flash-vaed-tiny`` (``--phase-steps 5,5,5``
+shortens every phase, for smoke tests).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastdecoders.errors import FastDecodersError
+
+PRUNE_KEYS = {"teacher", "keep", "method", "fold", "multiple", "calib", "calib_count", "calib_size", "calib_frames",
+              "calib_latents", "sep3d_stages", "frame2d_stages", "latents", "random_init"}  # fmt: skip
+PHASE_KEYS = {"name", "steps", "lr", "loss", "batch_size"}
+ALIGN_LOSS_KEYS = {"feature", "distill"}
+
+
+@dataclass
+class Phase:
+    """One phase of the schedule: its steps and loss weights (a ``feature`` weight makes it an alignment phase)."""
+
+    name: str
+    steps: int
+    loss: dict[str, Any]
+    lr: float | None = None
+    batch_size: int | None = None
+
+    @property
+    def align(self) -> bool:
+        return "feature" in self.loss
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: the pruning settings, the phases, and the trainer's sections (plain YAML data)."""
+
+    prune: dict[str, Any]
+    phases: list[Phase]
+    train_sections: dict[str, Any]
+    source: str = "recipe"
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
+    """A ``Recipe`` from YAML data, every phase's trainer config validated up front (one error, before any work)."""
+    from fastdecoders.train.config import config_from_dict
+
+    if not isinstance(values, dict):
+        raise FastDecodersError(f"{source}: expected a mapping with prune/phases and trainer sections, got {values!r}")
+    values = dict(values)
+    prune_cfg, phases_raw = values.pop("prune", None), values.pop("phases", None)
+    if not isinstance(prune_cfg, dict) or "keep" not in prune_cfg:
+        raise FastDecodersError(f"{source}: expected a prune section with keep (e.g. prune: {{keep: 0.5}}), got "
+                                f"{prune_cfg!r}")  # fmt: skip
+    unknown = set(prune_cfg) - PRUNE_KEYS
+    if unknown:
+        raise FastDecodersError(f"{source}: expected prune keys among {', '.join(sorted(PRUNE_KEYS))}, got "
+                                f"{', '.join(sorted(unknown))}")  # fmt: skip
+    if not isinstance(phases_raw, list) or not phases_raw:
+        raise FastDecodersError(f"{source}: expected phases (a non-empty list), got {phases_raw!r}")
+    phases = []
+    for i, raw in enumerate(phases_raw):
+        if not isinstance(raw, dict) or set(raw) - PHASE_KEYS or "steps" not in raw or "loss" not in raw:
+            raise FastDecodersError(f"{source}: phase {i}: expected keys steps, loss (and name, lr, batch_size), "
+                                    f"got {raw!r}")  # fmt: skip
+        steps = raw["steps"]
+        if not isinstance(steps, int) or steps < 1 or not isinstance(raw["loss"], dict):
+            raise FastDecodersError(f"{source}: phase {i}: expected steps >= 1 and a loss mapping, got {raw!r}")
+        phase = Phase(str(raw.get("name", f"phase{i + 1}")), steps, dict(raw["loss"]), raw.get("lr"),
+                      raw.get("batch_size"))  # fmt: skip
+        if phase.align and set(phase.loss) - ALIGN_LOSS_KEYS:
+            raise FastDecodersError(f"{source}: phase {phase.name}: an alignment phase (loss.feature) takes loss "
+                                    f"keys {', '.join(sorted(ALIGN_LOSS_KEYS))}, got {sorted(phase.loss)}")  # fmt: skip
+        phases.append(phase)
+    recipe = Recipe(prune_cfg, phases, values, source)
+    for phase in recipe.phases:
+        if not phase.align:
+            config_from_dict(phase_config(recipe, phase, "pruned-student", None), f"{source} phase {phase.name}")
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    from fastdecoders.train.config import read_yaml
+
+    return parse_recipe(read_yaml(path), str(path))
+
+
+def phase_config(recipe: Recipe, phase: Phase, student: str, init: str | None) -> dict[str, Any]:
+    """The trainer config (plain data) of a trainer phase: the recipe's sections, the phase's loss weights and
+    steps, the student and its starting weights."""
+    values = copy.deepcopy(recipe.train_sections)
+    values["loss"] = {**(values.get("loss") or {}), **phase.loss}
+    train = {**(values.get("train") or {}), "steps": phase.steps}
+    if phase.lr is not None:
+        train["lr"] = phase.lr
+    if phase.batch_size is not None:
+        train["batch_size"] = phase.batch_size
+    values["train"] = train
+    values["student"] = {"name": student, "init": init}
+    return values
+
+
+def phase_steps(text: str | None, phases: Sequence[Phase]) -> None:
+    """``--phase-steps 5,5,5``: override each phase's steps in place (one number: every phase)."""
+    if not text:
+        return
+    try:
+        steps = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise FastDecodersError(f"expected --phase-steps as comma-separated integers, got {text!r}") from None
+    steps = steps * len(phases) if len(steps) == 1 else steps
+    if len(steps) != len(phases) or min(steps) < 1:
+        raise FastDecodersError(f"expected {len(phases)} positive --phase-steps values, got {text!r}")
+    for phase, n in zip(phases, steps, strict=True):
+        phase.steps = n
+
+
+# -- the registered student ------------------------------------------------------------------------------------------
+
+
+def register_student(student: nn.Module, name: str) -> str:
+    """Register ``student``'s architecture and config under ``name`` (a suffix is added when the name is taken by a
+    different config), so that the trainer builds it like any registered decoder; the name used."""
+    from fastdecoders.registry import DecoderSpec, get_spec, is_registered, register
+
+    candidate, n = name, 1
+    while is_registered(candidate):
+        spec = get_spec(candidate)
+        if spec.arch == student.arch and spec.config == student.config:
+            return candidate
+        n += 1
+        candidate = f"{name}-{n}"
+    register(DecoderSpec(candidate, student.arch, student.config, student.latent_space_name, student.config,
+                         description="a pruned decoder (fastdecoders prune)"))  # fmt: skip
+    return candidate
+
+
+# -- phase 1: feature alignment --------------------------------------------------------------------------------------
+
+
+def feature_points(decoder: nn.Module) -> list[str]:
+    """Module paths whose outputs are aligned: the end of every stage but the output head (latent side first)."""
+    from fastdecoders.prune.ops import default_stages
+
+    stages = [paths for paths in default_stages(decoder).values() if paths]
+    return [paths[-1] for paths in stages[:-1]]
+
+
+class _Taps:
+    """Forward hooks that collect a module list's outputs (a decoder may call one module per frame chunk)."""
+
+    def __init__(self, model: nn.Module, points: Sequence[str]):
+        self.outputs: dict[str, list[torch.Tensor]] = {p: [] for p in points}
+        self.handles = [model.get_submodule(p).register_forward_hook(self._hook(p)) for p in points]
+
+    def _hook(self, point: str):
+        def hook(module, args, out):
+            self.outputs[point].append(out)
+
+        return hook
+
+    def take(self) -> dict[str, list[torch.Tensor]]:
+        out = self.outputs
+        self.outputs = {p: [] for p in out}
+        return out
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _projection(c_s: int, c_t: int, ndim: int) -> nn.Module:
+    conv = nn.Conv3d if ndim == 5 else nn.Conv2d
+    return conv(c_s, c_t, 1, bias=False)
+
+
+@torch.no_grad()
+def _least_squares_init(proj: nn.Module, f_s: torch.Tensor, f_t: torch.Tensor, ridge: float = 1e-3) -> None:
+    xs = f_s.detach().movedim(1, -1).reshape(-1, f_s.shape[1]).double()
+    xt = f_t.detach().movedim(1, -1).reshape(-1, f_t.shape[1]).double()
+    g = xs.T @ xs
+    lam = ridge * float(g.diagonal().mean().clamp_min(1e-12))
+    w = torch.linalg.solve(g + lam * torch.eye(g.shape[0], dtype=g.dtype), xs.T @ xt).T  # (C_t, C_s)
+    proj.weight.copy_(w.reshape(proj.weight.shape).to(proj.weight.dtype))
+
+
+def align_features(
+    teacher: nn.Module,
+    student: nn.Module,
+    latents: torch.Tensor,
+    steps: int,
+    *,
+    feature: float = 1.0,
+    distill: float = 0.0,
+    lr: float = 1e-3,
+    batch_size: int = 4,
+    seed: int = 0,
+    log_every: int = 0,
+) -> dict[str, Any]:
+    """Phase 1: train ``student`` (in place) so that its stage outputs, projected to the teacher's widths by 1x1
+    convs (trained alongside, least-squares initialised), match the teacher's on ``latents``.
+
+    Loss per step: ``feature · mean_p ‖P_p s_p − t_p‖² / ‖t_p‖²`` (p over ``feature_points``; per-pixel mean) plus
+    ``distill · L1(student(z), teacher(z))`` (outputs in [-1, 1]). Returns ``{"steps", "loss_first",
+    "loss_last", "seconds", "points"}``.
+    """
+    points = feature_points(teacher)
+    missing = [p for p in points if p not in dict(student.named_modules())]
+    if missing:
+        raise FastDecodersError(f"expected the student to share the teacher's layout, got no module {missing[0]}")
+    param = next(student.parameters())
+    device, dtype = param.device, param.dtype
+    teacher = teacher.eval().requires_grad_(False)
+    student.train()
+    t_taps, s_taps = _Taps(teacher, points), _Taps(student, points)
+    gen = torch.Generator().manual_seed(seed)
+    projections: nn.ModuleDict | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    history: list[float] = []
+    start = time.perf_counter()
+    try:
+        for step in range(steps):
+            idx = torch.randint(0, latents.shape[0], (min(batch_size, latents.shape[0]),), generator=gen)
+            z = latents[idx].to(device, dtype)
+            if torch.rand((), generator=gen) < 0.5:
+                z = z.flip(-1)  # latents of a mirrored photo are close to mirrored latents: cheap augmentation
+            with torch.no_grad():
+                t_out = teacher(z)
+            t_feats = t_taps.take()
+            s_out = student(z)
+            s_feats = s_taps.take()
+            if projections is None:  # first step: one projection per point, fitted to this batch
+                projections = nn.ModuleDict()
+                for i, p in enumerate(points):
+                    dim = 2 if s_feats[p][0].ndim == 5 else 0  # video chunks: along time
+                    f_s, f_t = torch.cat(s_feats[p], dim), torch.cat(t_feats[p], dim)
+                    proj = _projection(f_s.shape[1], f_t.shape[1], f_s.ndim).to(device, dtype)
+                    _least_squares_init(proj, f_s, f_t)
+                    projections[str(i)] = proj
+                params = list(student.parameters()) + list(projections.parameters())
+                optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+            loss = z.new_zeros(())
+            if feature:
+                terms = []
+                for i, p in enumerate(points):
+                    for f_s, f_t in zip(s_feats[p], t_feats[p], strict=True):
+                        terms.append((projections[str(i)](f_s) - f_t).pow(2).mean() / f_t.pow(2).mean().clamp_min(1e-8))
+                loss = loss + feature * torch.stack(terms).mean()
+            if distill:
+                loss = loss + distill * F.l1_loss(s_out, t_out)
+            for group in optimizer.param_groups:  # linear warm-up over the first 10% of the phase, then constant
+                group["lr"] = lr * min(1.0, (step + 1) / max(1, math.ceil(0.1 * steps)))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            history.append(float(loss.detach()))
+            if log_every and (step + 1) % log_every == 0:
+                print(f"align {step + 1}/{steps}: loss {history[-1]:.4f}", flush=True)
+    finally:
+        t_taps.close()
+        s_taps.close()
+    student.eval()
+    return {"steps": steps, "loss_first": history[0], "loss_last": history[-1],
+            "seconds": time.perf_counter() - start, "points": points}  # fmt: skip
+
+
+# -- the driver ------------------------------------------------------------------------------------------------------
+
+
+def _prune_args(recipe: Recipe, device: str, weights_dir: str | None) -> Any:
+    import argparse
+
+    p, teacher_cfg = recipe.prune, recipe.train_sections.get("teacher") or {}
+    return argparse.Namespace(
+        teacher=p.get("teacher", teacher_cfg.get("decoder")), latents=p.get("latents", teacher_cfg.get("latents")),
+        weights_dir=weights_dir or teacher_cfg.get("weights_dir"), random_init=bool(p.get("random_init", False)),
+        calib=p.get("calib"), calib_latents=p.get("calib_latents"), calib_count=int(p.get("calib_count", 32)),
+        calib_size=int(p.get("calib_size", 256)), calib_frames=int(p.get("calib_frames", 3)), device=device,
+    )  # fmt: skip
+
+
+def _stage_list(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+def run_recipe(recipe: Recipe, out: str | Path, device: str = "cpu", weights_dir: str | None = None,
+               log_every: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Prune, then run every phase in order; writes ``OUT/pruned.safetensors``, ``OUT/<i>-<name>/model.safetensors``
+    per phase and ``OUT/result.json``. Returns the summary (the final model under ``checkpoint``)."""
+    from fastdecoders.prune.cli import calibration_latents, load_teacher
+    from fastdecoders.prune.core import decoder_parameters, parse_keep, prune
+    from fastdecoders.train import config_from_dict, train
+    from fastdecoders.weights import load_decoder, save_decoder
+
+    out = Path(out)
+    args = _prune_args(recipe, device, weights_dir)
+    if args.teacher is None:
+        raise FastDecodersError(f"{recipe.source}: expected prune.teacher or teacher.decoder, got neither")
+    teacher = load_teacher(args.teacher, args.latents, args.weights_dir, args.random_init, device, torch.float32)
+    if getattr(teacher, "latent_space_name", None) is None:
+        raise FastDecodersError(f"{args.teacher}: expected a known latent space, got none; set prune.latents")
+    latents, calib_note = calibration_latents(args, teacher)
+    keep = parse_keep(recipe.prune["keep"])
+    p = recipe.prune
+    result = prune(teacher, keep, latents, method=p.get("method", "independent"), fold=bool(p.get("fold", True)),
+                   multiple=int(p.get("multiple", 8)))  # fmt: skip
+    student = result.student
+    sep3d, frame2d = _stage_list(p.get("sep3d_stages")), _stage_list(p.get("frame2d_stages"))
+    if sep3d or frame2d:
+        from fastdecoders.prune.ops import swap_operators
+
+        student = swap_operators(student, sep3d, frame2d)
+    base = (getattr(teacher, "registry_name", None) or Path(str(args.teacher)).stem).replace("random:", "")
+    student.latent_space_name = teacher.latent_space_name
+    student.registry_name = register_student(student, f"{base}-flash-vaed-keep{'-'.join(f'{k:g}' for k in keep)}")
+    current = save_decoder(student, out / "pruned.safetensors", extra={"pruned_from": str(args.teacher),
+                                                                       "keep": list(keep)})  # fmt: skip
+    summary: dict[str, Any] = {
+        "teacher": str(args.teacher), "student": student.registry_name, "keep": list(result.keep),
+        "widths": {"teacher": list(result.teacher_widths), "student": list(result.student_widths)},
+        "params": [decoder_parameters(teacher), decoder_parameters(student)], "calibration": calib_note,
+        "pruned": current, "phases": [],
+    }  # fmt: skip
+    for i, phase in enumerate(recipe.phases, start=1):
+        folder = out / f"{i}-{phase.name}"
+        if phase.align:
+            model = load_decoder(current).to(device)
+            info = align_features(teacher, model, latents, phase.steps, feature=float(phase.loss["feature"]),
+                                  distill=float(phase.loss.get("distill", 0.0)), lr=float(phase.lr or 1e-3),
+                                  batch_size=int(phase.batch_size or 4), log_every=log_every)  # fmt: skip
+            model.registry_name = student.registry_name
+            current = save_decoder(model, folder / "model.safetensors", extra={"phase": phase.name, **info})
+            summary["phases"].append({"name": phase.name, "kind": "align", "loss": phase.loss, "model": current,
+                                      **{k: v for k, v in info.items() if k != "points"}})  # fmt: skip
+            continue
+        cfg = config_from_dict(phase_config(recipe, phase, student.registry_name, current),
+                               f"{recipe.source} phase {phase.name}")  # fmt: skip
+        trained = train(cfg, folder)
+        current = trained["model"]
+        summary["phases"].append({"name": phase.name, "kind": "train", "loss": phase.loss, "model": current,
+                                  "steps": trained["steps"], "seconds": trained["seconds"], "val": trained["val"],
+                                  "teacher_val": trained["teacher_val"]})  # fmt: skip
+    summary["checkpoint"] = current
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
