@@ -62,8 +62,18 @@ def main() -> None:
     parser.add_argument("--out", default="runs/eval_tae")
     parser.add_argument("--sets", default="kodak24,photos200")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="only the first N photos of each set (kodak24: sorted names; photos200: subset order)",
+    )
+    parser.add_argument("--grids", type=int, default=4, help="photos shown side by side in each report")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     shared, out = Path(args.shared).resolve(), Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for name in args.sets.split(","):
         if name == "kodak24":
@@ -74,7 +84,8 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown set {name!r}; known: kodak24, photos200")
         config = EvalConfig(kind="images", source=source, out=out / name, size=size, metrics=METRICS,
-                            weights_dir=str(shared / "weights" / "taesd"), device=args.device)  # fmt: skip
+                            weights_dir=str(shared / "weights" / "taesd"), device=args.device, limit=args.limit,
+                            grid_count=args.grids)  # fmt: skip
         result = evaluate(DECODERS, config)
         print(f"### {name}\n\n{table(result)}\n\nreport: {result['report']}\n", flush=True)
 

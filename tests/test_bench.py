@@ -230,6 +230,18 @@ def test_cli_table_without_json(capsys, tmp_path):
     assert (tmp_path / "b.png").is_file()
 
 
+def test_cli_skips_frame_counts_a_video_decoder_cannot_make(capsys, tmp_path):
+    code, out, err = _bench(capsys, "tae-causal-wan2.1", "--tiny", "--sizes", "5x32x32,4x32x32", "--runs", "1",
+                            "--warmup", "0", "--no-peak", "--json", "-o", str(tmp_path / "v.png"))  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert {(r["decoder"], r["shape"]) for r in result["rows"]} == {
+        ("tae-causal-wan2.1", "1x3x5x32x32"), ("wan2.1-vae", "1x3x5x32x32")}  # fmt: skip
+    assert {(s["decoder"], s["shape"]) for s in result["skipped"]} == {
+        ("tae-causal-wan2.1", "4x32x32"), ("wan2.1-vae", "4x32x32")}  # fmt: skip
+    assert all("1 + 4" in s["reason"] for s in result["skipped"])
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -338,3 +350,39 @@ def test_cli_pipeline_full_run_on_a_tiny_wan(capsys, tmp_path):
     assert row["method"] == "measured" and row["steps"] == 2 and row["shape"] == "1x3x5x32x32"
     assert row["decoder"] == "tae-causal-wan2.1" and row["teacher"] == "wan2.1-vae"
     assert 0 < row["ms_decode"] < row["ms_total"] and 0 < row["ms_decode_teacher"] < row["ms_total_teacher"]
+
+
+# -- teachers with real weights ----------------------------------------------------------------------------------------
+
+
+def test_teacher_loads_from_a_local_diffusers_folder(tmp_path):
+    """A saved diffusers VAE folder (here a tiny one) loads as a teacher whose latent space is recognised."""
+    import diffusers
+
+    from fastdecoders.weights import load_decoder
+
+    vae = diffusers.AutoencoderKL(block_out_channels=(8,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
+                                  up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
+                                  scaling_factor=0.13025)  # fmt: skip
+    vae.save_pretrained(tmp_path / "pipe" / "vae")
+    decoder = load_decoder(tmp_path / "pipe")
+    assert decoder.latent_space_name == "sdxl" and decoder.vae.encoder is None
+    z = torch.randn(1, 4, 4, 4)
+    with torch.no_grad():
+        expected = vae.decode(z / 0.13025).sample
+        assert torch.equal(decoder(z), expected)
+
+
+def test_teacher_weights_offline_is_one_clear_line(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from fastdecoders.weights import load_decoder
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FastDecodersError) as info:
+        load_decoder("sdxl-vae", weights_dir=tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "stabilityai/sdxl-vae" in message and str(tmp_path / "sdxl-vae") in message

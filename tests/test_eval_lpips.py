@@ -92,7 +92,7 @@ def reference_lpips_vgg(state: dict[str, torch.Tensor], heads: list[torch.Tensor
         x = (img01 * 2 - 1 - torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)) / torch.tensor(
             [0.458, 0.448, 0.450]).view(1, 3, 1, 1)  # fmt: skip
         out, index = [], 0
-        for width, convs in VGG_STAGES:
+        for _, convs in VGG_STAGES:
             for _ in range(convs):
                 x = F.relu(F.conv2d(x, state[f"features.{index}.weight"], state[f"features.{index}.bias"], padding=1))
                 index += 2

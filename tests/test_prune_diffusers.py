@@ -92,3 +92,23 @@ def test_unsupported_layouts_are_one_clear_error():
         prune(VAEDecoder.wrap(vae, "wan2.1"), 0.5, torch.randn(1, 16, 1, 2, 2))
     with pytest.raises(FastDecodersError, match="TAE decoders and diffusers"):
         prune(torch.nn.Conv2d(4, 4, 1), 0.5, torch.randn(1, 4, 2, 2))
+
+
+@pytest.mark.parametrize("name", ["sdxl-vae", "flux1-vae", "wan2.1-vae"])
+def test_registry_teachers_prune_to_students_that_load(name, tmp_path):
+    """The registered original VAEs (tiny configs; SDXL: 4 latent channels + quant convs, FLUX: 16 and none, Wan:
+    video) are valid teachers: the student reads the same latents and reloads identically."""
+    from fastdecoders.prune.calib import random_latents
+    from fastdecoders.registry import build_decoder, get_spec
+
+    teacher = build_decoder(name, tiny=True).eval()
+    side = 2 if get_spec(name).latent_space.spatial_factor == 32 else 4
+    z = random_latents(teacher, 1, side, side, frames=2)
+    student = prune(teacher, 0.5, z, multiple=4).student
+    assert student.latent_space_name == teacher.latent_space_name
+    with torch.no_grad():
+        out = student(z)
+        assert out.shape == teacher(z).shape
+    loaded = load_decoder(save_decoder(student, tmp_path / f"{name}.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(z), out, atol=0, rtol=0)

@@ -78,7 +78,7 @@ def test_config_errors_are_one_clear_line(edit, expected):
         ([{"until_step": 5, "pixel": 0.0, "distill": 0.0}], r"phases\[0\]: expected a weight > 0 for at least one"),
         ([{"until_step": 5, "pixl": 1.0}], r"unknown config key 'loss.phases\[0\].pixl' \(did you mean pixel\?\)"),
         ([{"until_step": 5}, {"until_step": 3}], r"phases\[1\]: expected until_step > start step 5, got 3"),
-        ([{"start_step": 5}, {"start_step": 2}], r"phases\[1\]: expected to start at or after step"),
+        ([{"until_step": 5}, {"start_step": 2}], r"phases\[1\]: expected to start at or after step 5, got start 2"),
         ([{"name": "a"}, {"name": "b"}], r"phases\[0\]: expected until_step \(or start_step in phases\[1\]\)"),
         ([{"until_step": -1}], r"phases\[0\].until_step: expected an int >= 0, got -1"),
         ([{"until_step": 5, "pixel": "x"}], r"phases\[0\].pixel: expected a weight >= 0, got 'x'"),
@@ -148,12 +148,17 @@ def test_student_null_needs_init_and_offline_hub_vae_is_one_line(monkeypatch, tm
     from fastdecoders.train.config import TeacherConfig
     from fastdecoders.train.teachers import load_teacher
 
+    with pytest.raises(FastDecodersError, match=r"teacher.vae: expected a diffusers VAE folder or a hub id, got .*"
+                       r"missing-folder' \(no such folder\)"):  # fmt: skip
+        load_teacher(TeacherConfig(vae=str(tmp_path / "missing-folder"), latents="sdxl"), torch.device("cpu"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: the hub answers at once instead of retrying
+    huggingface_hub = pytest.importorskip("huggingface_hub")
     pytest.importorskip("diffusers")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for vae in ("someone/no-such-vae", str(tmp_path / "missing-folder")):
-        with pytest.raises(FastDecodersError) as info:
-            load_teacher(TeacherConfig(vae=vae, latents="sdxl"), torch.device("cpu"))
-        assert "\n" not in str(info.value) and "teacher.vae: expected a loadable AutoencoderKL" in str(info.value)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FastDecodersError) as info:
+        load_teacher(TeacherConfig(vae="someone/no-such-vae", latents="sdxl"), torch.device("cpu"))
+    assert "\n" not in str(info.value)
+    assert "teacher.vae: expected a loadable AutoencoderKL (local folder or reachable hub id)" in str(info.value)
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)

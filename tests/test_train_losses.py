@@ -13,8 +13,8 @@ from fastdecoders.registry import build_decoder, get_spec
 from fastdecoders.train.config import LossConfig
 from fastdecoders.train.data import Batch
 from fastdecoders.train.features import ChannelProjection, FeatureAlignment
-from fastdecoders.train.losses import Objective, PatchDiscriminator, adversarial_weight, temporal_loss
 from fastdecoders.train.loop import run_student
+from fastdecoders.train.losses import Objective, PatchDiscriminator, adversarial_weight, temporal_loss
 
 
 def tiny(name: str) -> nn.Module:

@@ -3,13 +3,17 @@
 >>> import fastdecoders
 >>> decoder = fastdecoders.load_decoder("taesdxl")          # registry name, local path or hub id
 >>> images = decoder.decode(latents).sample                  # diffusion-space latents -> RGB in [-1, 1]
+>>> images, report = fastdecoders.decode_tiled(decoder, latents)  # bounded memory (exact for TAE decoders)
+>>> decoder = fastdecoders.optimize(decoder, backend="channels_last", dtype="float16")
 >>> with fastdecoders.use(pipe, "taesdxl"): image = pipe(prompt_embeds=...).images[0]
 """
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.fast import optimize
 from fastdecoders.latents import LATENT_SPACES, LatentSpace, get_latent_space
 from fastdecoders.models import Decoder, DecoderOutput
 from fastdecoders.registry import DecoderSpec, build_decoder, get_spec, list_decoders, register
+from fastdecoders.tiling import TileReport, auto_tile, decode_tiled
 from fastdecoders.weights import load_decoder, load_encoder, save_decoder
 
 __version__ = "0.1.0"
@@ -29,12 +33,16 @@ __all__ = [
     "DecoderSpec",
     "FastDecodersError",
     "LatentSpace",
+    "TileReport",
+    "auto_tile",
     "build_decoder",
+    "decode_tiled",
     "get_latent_space",
     "get_spec",
     "list_decoders",
     "load_decoder",
     "load_encoder",
+    "optimize",
     "register",
     "save_decoder",
     "use",

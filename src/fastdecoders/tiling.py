@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -48,9 +49,13 @@ BLEND_OVERLAP = 8
 
 
 def is_oom(error: BaseException) -> bool:
-    """True for CUDA/CPU out-of-memory errors (``torch.OutOfMemoryError`` or a RuntimeError saying so)."""
+    """True for out-of-memory errors: ``torch.OutOfMemoryError`` (CUDA), or a RuntimeError saying "out of memory" or
+    (CPU allocator) "can't allocate memory"."""
     oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(error, oom_type) or (isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+    message = str(error).lower()
+    return isinstance(error, oom_type) or (
+        isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+    )
 
 
 class LiveBytes(TorchDispatchMode):
@@ -91,8 +96,10 @@ def measure_peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[int
             torch.cuda.synchronize(device)
             return torch.cuda.max_memory_allocated(device) - base, result
         tracker = LiveBytes()
-        with tracker:  # eager: a compiled module's graph would hide its allocations from the tracker
-            result = torch.compiler.disable(fn)()
+        if "torch._dynamo" in sys.modules:  # something may be compiled: run eagerly, so the tracker sees every op
+            fn = torch.compiler.disable(fn)  # (importing dynamo just for this would cost seconds)
+        with tracker:
+            result = fn()
         return tracker.peak, result
 
 
@@ -224,18 +231,25 @@ def _probe(decoder: torch.nn.Module, job: _Job) -> tuple[float, float]:
     x = job.inputs
     key = (job.kind, str(x.device), x.dtype, tuple(x.shape[1:-2]) if job.kind != "causal" else x.shape[1])
     cache = _PROBES.setdefault(decoder, {})
-    if key not in cache:
-        p = min(PROBE_SIZE, x.shape[-2]), min(PROBE_SIZE, x.shape[-1])
+    size = PROBE_SIZE
+    while key not in cache:
+        p = min(size, x.shape[-2]), min(size, x.shape[-1])
         batch = job.batch_unit
-        if job.kind == "causal":
-            frames = min(2, x.shape[2])
-            probe = x[:1, :, :frames, : p[0], : p[1]].clone()
-            peak, out = measure_peak_bytes(lambda: decoder.run(probe, decoder.initial_state())[0], x.device)
-            pixels = frames * p[0] * p[1]
-        else:
-            probe = x[:batch, ..., : p[0], : p[1]].clone()
-            peak, out = measure_peak_bytes(lambda: job.fn(probe), x.device)
-            pixels = batch * p[0] * p[1] * (x.shape[2] if x.ndim == 5 else 1)
+        try:
+            if job.kind == "causal":
+                frames = min(2, x.shape[2])
+                probe = x[:1, :, :frames, : p[0], : p[1]].clone()
+                peak, out = measure_peak_bytes(lambda p=probe: decoder.run(p, decoder.initial_state())[0], x.device)
+                pixels = frames * p[0] * p[1]
+            else:
+                probe = x[:batch, ..., : p[0], : p[1]].clone()
+                peak, out = measure_peak_bytes(lambda p=probe: job.fn(p), x.device)
+                pixels = batch * p[0] * p[1] * (x.shape[2] if x.ndim == 5 else 1)
+        except (RuntimeError, MemoryError) as error:
+            if size == 1 or not (isinstance(error, MemoryError) or is_oom(error)):
+                raise
+            size //= 2  # even the probe did not fit: a smaller one
+            continue
         cache[key] = (peak / pixels, out.numel() / pixels)
     return cache[key]
 

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("decoders", nargs="*", help="registered decoder names or saved decoder paths (grid mode)")
     parser.add_argument("--sizes", type=_names, default=None,
                         help="output sizes: N (N×N), HxW or TxHxW pixel frames; default 512,1024,2048 and "
-                             "14x576x1024,81x480x832,121x512x768 on CUDA, 256,512 on CPU")  # fmt: skip
+                             "14x576x1024,81x480x832,121x512x768 on CUDA, 256,512,9x256x256 on CPU, image sizes to "
+                             "image decoders and TxHxW to video decoders")  # fmt: skip
     parser.add_argument("--batch", type=int, default=1, help="batch size")
     parser.add_argument("--frames", type=int, default=3, help="latent frames of video decoders for sizes without T")
     parser.add_argument("--dtype", type=_names, default=None, help="fp32, fp16, bf16 (comma list); default: fp16 on "
@@ -101,7 +102,7 @@ def run_bench(args: argparse.Namespace, device: str, dtypes: list[str], sizes: l
     grid = Grid(
         decoders=list(args.decoders), sizes=sizes, batch=args.batch, dtypes=dtypes, backends=args.backend,
         device=device, runs=args.runs, warmup=args.warmup, teacher=not args.no_teacher, frames=args.frames,
-        tiny=args.tiny,
+        tiny=args.tiny, split_sizes=args.sizes is None,
     )  # fmt: skip
     peaks = None if args.no_peak else device_peak(device, size=256 if args.tiny else None)
     rows, skipped = run_grid(grid, peaks=peaks)

@@ -42,36 +42,37 @@ ROW_KEYS = ("pipeline", "shape", "dtype", "steps", "decoder", "teacher", "ms_ste
 # -- building ---------------------------------------------------------------------------------------------------------
 
 
-def _sdxl(tiny: bool, size: Size, gen: torch.Generator) -> tuple[Any, dict]:
+def _sdxl(tiny: bool, size: Size, gen: torch.Generator, device: torch.device) -> tuple[Any, dict]:
     import diffusers
 
     from fastdecoders.models.teachers import PUBLISHED
 
-    if tiny:
-        unet = diffusers.UNet2DConditionModel(
-            block_out_channels=(16, 32), layers_per_block=1, sample_size=8, norm_num_groups=8,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4), cross_attention_dim=32,
-            addition_embed_type="text_time", addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=6 * 8 + 16,
-        )  # fmt: skip
-        vae = diffusers.AutoencoderKL(
-            block_out_channels=(8,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, scaling_factor=0.13025, force_upcast=False,
-        )  # fmt: skip
-        tokens, text_dim, pooled_dim = 6, 32, 16
-    else:  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json
-        unet = diffusers.UNet2DConditionModel(
-            sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-        )  # fmt: skip
-        # force_upcast off: fp16 decoding as with the fp16-fix VAE most SDXL deployments use
-        vae = diffusers.AutoencoderKL(**{**PUBLISHED["sdxl-vae"][2], "force_upcast": False})
-        tokens, text_dim, pooled_dim = 77, 2048, 1280
+    with torch.device(device):  # random init directly on the device: seconds on a GPU for billions
+        if tiny:
+            unet = diffusers.UNet2DConditionModel(
+                block_out_channels=(16, 32), layers_per_block=1, sample_size=8, norm_num_groups=8,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4), cross_attention_dim=32,
+                addition_embed_type="text_time", addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=6 * 8 + 16,
+            )  # fmt: skip
+            vae = diffusers.AutoencoderKL(
+                block_out_channels=(8,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, scaling_factor=0.13025, force_upcast=False,
+            )  # fmt: skip
+            tokens, text_dim, pooled_dim = 6, 32, 16
+        else:  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json
+            unet = diffusers.UNet2DConditionModel(
+                sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+            )  # fmt: skip
+            # force_upcast off: fp16 decoding as with the fp16-fix VAE most SDXL deployments use
+            vae = diffusers.AutoencoderKL(**{**PUBLISHED["sdxl-vae"][2], "force_upcast": False})
+            tokens, text_dim, pooled_dim = 77, 2048, 1280
     pipe = diffusers.StableDiffusionXLPipeline(
         vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=unet,
         scheduler=diffusers.EulerDiscreteScheduler(),
@@ -88,32 +89,35 @@ def _sdxl(tiny: bool, size: Size, gen: torch.Generator) -> tuple[Any, dict]:
     return pipe, kwargs
 
 
-def _svd(tiny: bool, size: Size, gen: torch.Generator) -> tuple[Any, dict]:
+def _svd(tiny: bool, size: Size, gen: torch.Generator, device: torch.device) -> tuple[Any, dict]:
     import diffusers
     from PIL import Image
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from fastdecoders.models.teachers import PUBLISHED
 
-    if tiny:
-        unet = diffusers.UNetSpatioTemporalConditionModel(
-            sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-            down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-            up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=16,
-            num_attention_heads=(2, 4), addition_time_embed_dim=8, projection_class_embeddings_input_dim=3 * 8,
-        )  # fmt: skip
-        vae = diffusers.AutoencoderKLTemporalDecoder(
-            block_out_channels=(32,) * 4, down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4
-        )
-        clip = CLIPVisionConfig(hidden_size=16, projection_dim=16, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=32, image_size=224, patch_size=32)  # fmt: skip
-    else:  # stabilityai/stable-video-diffusion-img2vid-xt: the class defaults are its config
-        unet = diffusers.UNetSpatioTemporalConditionModel()
-        vae = diffusers.AutoencoderKLTemporalDecoder(**PUBLISHED["svd-vae"][2])
-        clip = CLIPVisionConfig(hidden_size=1280, projection_dim=1024, num_hidden_layers=32, num_attention_heads=16,
-                                intermediate_size=5120, image_size=224, patch_size=14, hidden_act="gelu")  # fmt: skip
+    with torch.device(device):  # random init directly on the device: seconds on a GPU for billions
+        if tiny:
+            unet = diffusers.UNetSpatioTemporalConditionModel(
+                sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+                up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=16,
+                num_attention_heads=(2, 4), addition_time_embed_dim=8, projection_class_embeddings_input_dim=3 * 8,
+            )  # fmt: skip
+            vae = diffusers.AutoencoderKLTemporalDecoder(
+                block_out_channels=(32,) * 4, down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4
+            )
+            clip = CLIPVisionConfig(hidden_size=16, projection_dim=16, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=32, image_size=224, patch_size=32)  # fmt: skip
+        else:  # stabilityai/stable-video-diffusion-img2vid-xt: the class defaults are its config
+            unet = diffusers.UNetSpatioTemporalConditionModel()
+            vae = diffusers.AutoencoderKLTemporalDecoder(**PUBLISHED["svd-vae"][2])
+            clip = CLIPVisionConfig(hidden_size=1280, projection_dim=1024, num_hidden_layers=32,
+                                    num_attention_heads=16, intermediate_size=5120, image_size=224, patch_size=14,
+                                    hidden_act="gelu")  # fmt: skip
+        image_encoder = CLIPVisionModelWithProjection(clip)
     pipe = diffusers.StableVideoDiffusionPipeline(
-        vae=vae, image_encoder=CLIPVisionModelWithProjection(clip), unet=unet,
+        vae=vae, image_encoder=image_encoder, unet=unet,
         scheduler=diffusers.EulerDiscreteScheduler(), feature_extractor=CLIPImageProcessor(),
     )  # fmt: skip
     pixels = (torch.rand(size.height, size.width, 3, generator=gen) * 255).to(torch.uint8).numpy()
@@ -122,24 +126,25 @@ def _svd(tiny: bool, size: Size, gen: torch.Generator) -> tuple[Any, dict]:
     return pipe, kwargs
 
 
-def _wan(tiny: bool, size: Size, gen: torch.Generator) -> tuple[Any, dict]:
+def _wan(tiny: bool, size: Size, gen: torch.Generator, device: torch.device) -> tuple[Any, dict]:
     import diffusers
 
-    if tiny:
-        vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
-        transformer = diffusers.WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
-            text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
-        )  # fmt: skip
-        tokens, text_dim = 6, 32
-    else:  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json; the VAE's class defaults are Wan 2.1's
-        vae = diffusers.AutoencoderKLWan()
-        transformer = diffusers.WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-            text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-        )  # fmt: skip
-        tokens, text_dim = 512, 4096
+    with torch.device(device):  # random init directly on the device: seconds on a GPU for billions
+        if tiny:
+            vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+            transformer = diffusers.WanTransformer3DModel(
+                patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
+                text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
+            )  # fmt: skip
+            tokens, text_dim = 6, 32
+        else:  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json; the VAE's class defaults are Wan 2.1's
+            vae = diffusers.AutoencoderKLWan()
+            transformer = diffusers.WanTransformer3DModel(
+                patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+            )  # fmt: skip
+            tokens, text_dim = 512, 4096
     pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
                                  scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))  # fmt: skip
     kwargs = {
@@ -150,7 +155,7 @@ def _wan(tiny: bool, size: Size, gen: torch.Generator) -> tuple[Any, dict]:
     return pipe, kwargs
 
 
-_BUILDERS: dict[str, Callable[[bool, Size, torch.Generator], tuple[Any, dict]]] = {
+_BUILDERS: dict[str, Callable[[bool, Size, torch.Generator, torch.device], tuple[Any, dict]]] = {
     "sdxl": _sdxl, "svd": _svd, "wan2.1": _wan,
 }  # fmt: skip
 
@@ -184,8 +189,8 @@ def build_pipeline(name: str, tiny: bool, device: torch.device, dtype: torch.dty
     check_pipeline(name)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    with torch.device(device):  # random init directly on the device: seconds on a GPU for billions of weights
-        pipe, kwargs = _BUILDERS[name](tiny, size, gen)
+    pipe, kwargs = _BUILDERS[name](tiny, size, gen, device)
+    pipe.to(device)
     if dtype != torch.float32:  # built in fp32 (diffusers warns about casts it considers lossy; harmless here)
         pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(disable=True)

@@ -30,7 +30,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 #: the issue's grid: images (side) and videos (pixel frames × H × W).
 GPU_SIZES = ("512", "1024", "2048", "14x576x1024", "81x480x832", "121x512x768")
-CPU_SIZES = ("256", "512")
+CPU_SIZES = ("256", "512", "9x256x256")
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,8 @@ class Grid:
     frames: int = 3
     #: random-init tiny test configs instead of the full ones (smoke tests only; latencies mean nothing).
     tiny: bool = False
+    #: image sizes to image decoders only, clip sizes (TxHxW) to clip decoders only (the default grid mixes both).
+    split_sizes: bool = False
 
 
 def check_device(device: str) -> torch.device:
@@ -274,6 +276,39 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
+def is_clip_decoder(decoder: nn.Module) -> bool:
+    """Whether ``decoder`` decodes clips (NCTHW video, or frames + ``num_frames`` like SVD's) rather than images."""
+    return decoder.latent_ndim == 5 or _takes_num_frames(decoder)
+
+
+def _sizes_per_decoder(decoders: dict[str, nn.Module], grid: Grid) -> tuple[dict[str, list[Size]], list[dict]]:
+    """The sizes each decoder runs at, and the (decoder, size) cells skipped because the frame count does not fit its
+    latent frame arithmetic (Wan: 1 + 4k). Sizes whose height/width do not fit raise: that is a typo, not a grid.
+    With ``grid.split_sizes`` (the default grid), image sizes go to image decoders and clip sizes to clip decoders."""
+    sizes_of: dict[str, list[Size]] = {}
+    skipped: list[dict] = []
+    for name, decoder in decoders.items():
+        sizes_of[name] = []
+        reasons = []
+        for size in grid.sizes:
+            if grid.split_sizes and (size.frames is not None) != is_clip_decoder(decoder):
+                continue
+            space = get_latent_space(decoder.latent_space_name)
+            if size.height % space.spatial_factor or size.width % space.spatial_factor:
+                make_inputs(decoder, size, grid.batch, grid.frames, "meta", torch.float32)  # raises the clear error
+            try:
+                make_inputs(decoder, size, grid.batch, grid.frames, "meta", torch.float32)
+            except FastDecodersError as e:
+                reasons.append(str(e))
+                skipped += [{"decoder": name, "shape": str(size), "dtype": parse_dtype(d), "backend": b,
+                             "reason": str(e)} for d in grid.dtypes for b in grid.backends]  # fmt: skip
+                continue
+            sizes_of[name].append(size)
+        if reasons and not sizes_of[name]:
+            raise FastDecodersError(reasons[0])
+    return sizes_of, skipped
+
+
 def run_grid(grid: Grid, progress: bool = True, peaks: dict[str, float] | None = None) -> tuple[list[dict], list[dict]]:
     """Measure every grid cell: (rows, skipped cells with a reason). Teachers are added unless ``grid.teacher`` is
     False. ``peaks`` (from ``flops.device_peak``) adds each row's fraction of the measured matmul peak."""
@@ -289,17 +324,14 @@ def run_grid(grid: Grid, progress: bool = True, peaks: dict[str, float] | None =
     if not grid.sizes:
         raise FastDecodersError("--sizes: expected at least one size, e.g. 256,512, got none")
     first = {n: _describe(n, grid.tiny) for n in grid.decoders}
-    for decoder in first.values():  # sizes first: cheap, and a clear error before any long run
-        for size in grid.sizes:
-            make_inputs(decoder, size, grid.batch, grid.frames, "meta", torch.float32)
-    names = list(grid.decoders)
     teachers = teachers_for(list(first.values())) if grid.teacher else {}
-    names += [t for t in teachers.values() if t not in names]
-    spaces = {n: d.latent_space_name for n, d in first.items()}
-    del first
-    cells = [(n, s, d, b) for d in dtypes for b in grid.backends for n in names for s in grid.sizes]
+    names = list(grid.decoders) + [t for t in teachers.values() if t not in grid.decoders]
+    described = {**first, **{n: _describe(n, grid.tiny) for n in names if n not in first}}
+    spaces = {n: d.latent_space_name for n, d in described.items()}
+    sizes_of, skipped = _sizes_per_decoder(described, grid)
+    del first, described
+    cells = [(n, s, d, b) for d in dtypes for b in grid.backends for n in names for s in sizes_of[n]]
     rows: list[dict] = []
-    skipped: list[dict] = []
     flops_cache: dict[tuple[str, str], int] = {}
     loaded: dict[tuple[str, str], nn.Module] = {}
     bar = tqdm(cells, desc="bench", unit="cell", file=sys.stderr, disable=None if progress else True)
@@ -312,6 +344,10 @@ def run_grid(grid: Grid, progress: bool = True, peaks: dict[str, float] | None =
             continue
         key = (name, dtype_name)
         if key not in loaded:
+            # one decoder resident at a time: the peak memory of a cell must not include the previous decoder
+            loaded.clear()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             loaded[key] = load_for_bench(name, device, DTYPES[dtype_name], grid.tiny)
             _probe(loaded[key], dtype_name, device, name)
         decoder = loaded[key]

@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latents-space", dest="space", default=None, help="latent space if the file lacks it")
     parser.add_argument("--raw", action="store_true", help="the latents are raw VAE latents (apply scale/shift first)")
     parser.add_argument("--fps", type=float, default=16.0, help="frame rate of the MP4")
-    parser.add_argument("--tile", default="auto", help="auto (tile/chunk only if the memory estimate needs it), "
-                        "off, or the tile side in latent pixels (exact for TAE decoders, blended otherwise)")  # fmt: skip
+    parser.add_argument("--tile", default="auto", help="auto (tiles or chunks only if the memory estimate "
+                        "needs them), off, or a tile side in latent pixels (exact for TAE, else blended)")  # fmt: skip
     parser.add_argument("--max-memory-mb", type=float, default=None,
                         help="memory budget for --tile auto (default: 80%% of free device memory)")  # fmt: skip
     add_weights_dir(parser)

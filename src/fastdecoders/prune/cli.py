@@ -71,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pareto.add_argument("--eval-size", type=int, default=256)
     pareto.add_argument("--bench-size", type=int, default=None, help="pixel side of the timed decode (default: "
                         "eval size for images; 8 latent frames of 32x32 for video)")  # fmt: skip
-    pareto.add_argument("--runs", type=int, default=5, help="timed decodes per model (median)")
+    pareto.add_argument("--runs", type=int, default=5, help="timed decodes per model (the fastest is reported)")
+    pareto.add_argument("--threads", type=int, default=None, help="torch CPU threads (1: steadier on a shared CPU)")
     pareto.add_argument("--extra", nargs="*", default=[], help="more students to place on the plot (LABEL=PATH)")
     recipe = parser.add_argument_group("distillation recipe (TEACHER is a .yaml)")
     recipe.add_argument("--phase-steps", default=None, help="override each phase's steps, e.g. 5,5,5 (smoke runs)")
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> dict:
         from fastdecoders.prune.distill import load_recipe, phase_steps, run_recipe
 
         recipe = load_recipe(args.teacher)
-        phase_steps(args.phase_steps, recipe.phases)
+        phase_steps(args.phase_steps, recipe)
         return run_recipe(recipe, args.out, args.device, args.weights_dir)
     dtype = getattr(torch, args.dtype)
     teacher = load_teacher(args.teacher, args.latents, args.weights_dir, args.random_init, args.device, dtype)
@@ -132,11 +133,14 @@ def run(args: argparse.Namespace) -> dict:
 
         return pareto_from_args(args, teacher)
     keep = parse_keep(args.keep)
+    sep3d, frame2d = _stages(args.sep3d_stages), _stages(args.frame2d_stages)
+    if (sep3d or frame2d) and getattr(teacher, "latent_ndim", 4) != 5:
+        raise FastDecodersError(f"expected a video teacher (Wan, LTX vae-decoder) for operator swaps, got "
+                                f"{type(teacher).__name__}")  # fmt: skip
     latents, calib_note = calibration_latents(args, teacher)
     result = prune(teacher, keep, latents.to(args.device, dtype), method=args.method, fold=not args.no_fold,
                    multiple=args.multiple, batch_size=args.batch_size, refine=args.refine)  # fmt: skip
     student = result.student
-    sep3d, frame2d = _stages(args.sep3d_stages), _stages(args.frame2d_stages)
     if sep3d or frame2d:
         from fastdecoders.prune.ops import swap_operators
 

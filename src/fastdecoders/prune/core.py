@@ -32,6 +32,8 @@ class PruneResult:
     method: str
     folded: bool
     notes: list[str] = field(default_factory=list)
+    #: the calibration statistics (None for plain magnitude slicing); pass to the next ``prune`` of a sweep.
+    stats: Stats | None = None
 
 
 def parse_keep(keep: float | str | Sequence[float]) -> tuple[float, ...]:
@@ -80,6 +82,7 @@ def prune(
     multiple: int = 8,
     batch_size: int = 4,
     refine: bool = False,
+    stats: Stats | None = None,
 ) -> PruneResult:
     """Prune ``teacher`` (a TAE decoder or a diffusers-VAE decoder) to ``keep`` of its channels per stage.
 
@@ -92,6 +95,8 @@ def prune(
         multiple: round pruned widths to this multiple (tensor-core friendly) where they are large enough.
         refine: after folding, correct every reading layer in forward order by least squares against the teacher
             on the calibration latents (``plan.refine``); slower (two partial forwards per layer), better start.
+        stats: calibration statistics of an earlier ``prune`` of the same teacher on the same latents
+            (``result.stats``), reused when they cover this plan's layers (sweeps calibrate once).
     """
     if method not in METHODS:
         raise FastDecodersError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -114,8 +119,11 @@ def prune(
         student = setup.build_student(teacher)
     wanted = set(student.state_dict())  # a wrapped teacher may still hold its encoder: leave it out
     state = {k: v.detach().float().cpu() for k, v in teacher.state_dict().items() if k in wanted or k in plan.params}
-    stats: Stats | None = None
-    if method != "magnitude" or fold:
+    needed = {**plan.consumers(), **plan.observers()}
+    qk = any(s.kind == "qk" for s in plan.spaces.values())
+    if stats is not None and (qk or not set(needed) <= set(stats.gram)):
+        stats = None  # a different plan (new shortcut projections, attention energies): calibrate afresh
+    if stats is None and (method != "magnitude" or fold):
         if latents is None:
             raise FastDecodersError(f"method {method!r}{' with folding' if fold else ''} needs calibration latents")
         stats = calibrate(teacher, plan, lambda: _feed(teacher, latents, batch_size))
@@ -129,7 +137,7 @@ def prune(
             raise FastDecodersError("refine needs calibration latents")
         batches = list(latents.split(batch_size))
         refine_layers(teacher, student, plan, selection, batches, lambda m, b: m(b.to(param.device, param.dtype)))
-    return PruneResult(student, plan, selection, teacher_widths, widths, per_stage, method, fold, notes)
+    return PruneResult(student, plan, selection, teacher_widths, widths, per_stage, method, fold, notes, stats)
 
 
 def decoder_parameters(decoder: nn.Module) -> int:

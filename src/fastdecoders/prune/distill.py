@@ -1,20 +1,19 @@
 """Flash-VAED's three-phase dynamic distillation of a pruned decoder, as a thin driver over the trainer.
 
 A recipe (``configs/flash-vaed-*.yaml``) is a training config (``fastdecoders.train.config``: teacher, data, loss,
-train, log) plus two sections read here:
+train, log) plus a ``prune`` section: how the student is made: ``teacher`` (default: ``teacher.decoder``), ``keep``
+(a ratio or per-stage ratios), ``method``, ``fold``, calibration (``calib`` photos / ``calib_count`` /
+``calib_size``, or random latents for random-weight teachers) and video operator swaps (``sep3d_stages``,
+``frame2d_stages``). The driver prunes, registers the student under its own name (``register_student``, so the
+trainer builds it like any registered decoder) and trains it from the pruned weights. The schedule is either
 
-* ``prune``: how the student is made: ``teacher`` (default: ``teacher.decoder``), ``keep`` (a ratio or per-stage
-  ratios), ``method``, ``fold``, calibration (``calib`` photos / ``calib_count`` / ``calib_size``, or random latents
-  for random-weight teachers) and video operator swaps (``sep3d_stages``, ``frame2d_stages``);
-* ``phases``: the schedule, a list of ``{name, steps, lr?, loss: {...}}``. A phase whose loss has a ``feature``
-  weight is a **feature-alignment** phase, run here (``align_features``): the student's stage outputs are matched
-  to the teacher's through 1x1 projections where widths differ (least-squares initialised), plus an optional
-  ``distill`` (output L1) term, on the calibration latents. Every other phase calls the trainer once
-  (``fastdecoders.train.train``) with the recipe's loss section updated by the phase's weights (e.g. phase 2
-  ``pixel + distill + perceptual``, phase 3 the same ``+ adversarial``) and ``train.steps`` set to the phase's steps.
-
-Each phase starts from the previous phase's model (``student.init``); the pruned student is registered under its
-own name (``register_student``) so the trainer builds it like any registered decoder.
+* the trainer's own (**one run**): ``loss.phases`` with ``until_step`` bounds, e.g. phase 1 ``feature`` (+ a little
+  ``distill``), phase 2 ``pixel + distill + perceptual``, phase 3 the same ``+ adversarial``; ``loss.features:
+  auto`` pairs the end of every stage but the head (``feature_points``) of student and teacher, projected by 1x1
+  convs where widths differ (the trainer's ``features``); or
+* a top-level ``phases`` list (**one trainer run per phase**, each from the previous model): ``{name, steps, lr?,
+  batch_size?, loss: {...}}``, the phase's weights updating the recipe's loss section. A phase whose loss has a
+  ``feature`` weight and no ``features`` is run here instead (``align_features``, on the calibration latents).
 
 Run: ``fastdecoders prune configs/flash-vaed-tiny.yaml -o runs/flash-vaed-tiny`` (``--phase-steps 5,5,5``
 shortens every phase, for smoke tests).
@@ -57,6 +56,11 @@ class Phase:
     def align(self) -> bool:
         return "feature" in self.loss
 
+    @property
+    def local(self) -> bool:
+        """An alignment phase run here (no trainer ``features`` given)."""
+        return self.align and "features" not in self.loss
+
 
 @dataclass
 class Recipe:
@@ -84,10 +88,13 @@ def parse_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
     if unknown:
         raise FastDecodersError(f"{source}: expected prune keys among {', '.join(sorted(PRUNE_KEYS))}, got "
                                 f"{', '.join(sorted(unknown))}")  # fmt: skip
-    if not isinstance(phases_raw, list) or not phases_raw:
+    loss = values.get("loss") or {}
+    if phases_raw is None and not (isinstance(loss, dict) and loss.get("phases")):
+        raise FastDecodersError(f"{source}: expected a schedule (loss.phases, or a top-level phases list), got none")
+    if phases_raw is not None and (not isinstance(phases_raw, list) or not phases_raw):
         raise FastDecodersError(f"{source}: expected phases (a non-empty list), got {phases_raw!r}")
     phases = []
-    for i, raw in enumerate(phases_raw):
+    for i, raw in enumerate(phases_raw or []):
         if not isinstance(raw, dict) or set(raw) - PHASE_KEYS or "steps" not in raw or "loss" not in raw:
             raise FastDecodersError(f"{source}: phase {i}: expected keys steps, loss (and name, lr, batch_size), "
                                     f"got {raw!r}")  # fmt: skip
@@ -96,15 +103,37 @@ def parse_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
             raise FastDecodersError(f"{source}: phase {i}: expected steps >= 1 and a loss mapping, got {raw!r}")
         phase = Phase(str(raw.get("name", f"phase{i + 1}")), steps, dict(raw["loss"]), raw.get("lr"),
                       raw.get("batch_size"))  # fmt: skip
-        if phase.align and set(phase.loss) - ALIGN_LOSS_KEYS:
+        if phase.align and "features" not in phase.loss and set(phase.loss) - ALIGN_LOSS_KEYS:
             raise FastDecodersError(f"{source}: phase {phase.name}: an alignment phase (loss.feature) takes loss "
                                     f"keys {', '.join(sorted(ALIGN_LOSS_KEYS))}, got {sorted(phase.loss)}")  # fmt: skip
         phases.append(phase)
     recipe = Recipe(prune_cfg, phases, values, source)
     for phase in recipe.phases:
-        if not phase.align:
-            config_from_dict(phase_config(recipe, phase, "pruned-student", None), f"{source} phase {phase.name}")
+        if not phase.local:
+            config_from_dict(_with_features(phase_config(recipe, phase, "pruned-student", None), ["x"]),
+                             f"{source} phase {phase.name}")  # fmt: skip
+    if not recipe.phases:
+        config_from_dict(_with_features(_student(values, "pruned-student", None), ["x"]), source)
     return recipe
+
+
+def _student(values: dict[str, Any], name: str, init: str | None) -> dict[str, Any]:
+    values = copy.deepcopy(values)
+    values["student"] = {"name": name, "init": init}
+    return values
+
+
+def _with_features(values: dict[str, Any], points: Sequence[str]) -> dict[str, Any]:
+    """``loss.features: auto`` (or missing where a feature weight is used) -> the stage-end pairs."""
+    loss = values.get("loss") or {}
+    uses = float(loss.get("feature", 0) or 0) > 0 or any(
+        float(p.get("feature", 0) or 0) > 0 for p in loss.get("phases") or [] if isinstance(p, dict)
+    )
+    if loss.get("features") in (None, "auto") and uses:
+        loss = {**loss, "features": [{"student": p, "teacher": p} for p in points]}
+    elif loss.get("features") == "auto":
+        loss = {k: v for k, v in loss.items() if k != "features"}
+    return {**values, "loss": loss}
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -124,23 +153,35 @@ def phase_config(recipe: Recipe, phase: Phase, student: str, init: str | None) -
     if phase.batch_size is not None:
         train["batch_size"] = phase.batch_size
     values["train"] = train
-    values["student"] = {"name": student, "init": init}
-    return values
+    return _student(values, student, init)
 
 
-def phase_steps(text: str | None, phases: Sequence[Phase]) -> None:
-    """``--phase-steps 5,5,5``: override each phase's steps in place (one number: every phase)."""
+def phase_steps(text: str | None, recipe: Recipe) -> None:
+    """``--phase-steps 5,5,5``: override each phase's steps in place (one number: every phase). With the trainer's
+    ``loss.phases`` the bounds become cumulative ``until_step`` values and ``train.steps`` their sum."""
     if not text:
         return
+    native = [] if recipe.phases else list((recipe.train_sections.get("loss") or {}).get("phases") or [])
+    count = len(recipe.phases) or len(native)
     try:
         steps = [int(v) for v in text.split(",")]
     except ValueError:
         raise FastDecodersError(f"expected --phase-steps as comma-separated integers, got {text!r}") from None
-    steps = steps * len(phases) if len(steps) == 1 else steps
-    if len(steps) != len(phases) or min(steps) < 1:
-        raise FastDecodersError(f"expected {len(phases)} positive --phase-steps values, got {text!r}")
-    for phase, n in zip(phases, steps, strict=True):
-        phase.steps = n
+    steps = steps * count if len(steps) == 1 else steps
+    if len(steps) != count or min(steps) < 1:
+        raise FastDecodersError(f"expected {count} positive --phase-steps values, got {text!r}")
+    if recipe.phases:
+        for phase, n in zip(recipe.phases, steps, strict=True):
+            phase.steps = n
+        return
+    bound, phases = 0, []
+    for phase, n in zip(native, steps, strict=True):
+        bound += n
+        phases.append({**{k: v for k, v in phase.items() if k not in ("start_step", "until_step")},
+                       "until_step": bound})  # fmt: skip
+    sections = recipe.train_sections
+    sections["loss"] = {**sections["loss"], "phases": phases}
+    sections["train"] = {**(sections.get("train") or {}), "steps": bound}
 
 
 # -- the registered student ------------------------------------------------------------------------------------------
@@ -167,11 +208,16 @@ def register_student(student: nn.Module, name: str) -> str:
 
 
 def feature_points(decoder: nn.Module) -> list[str]:
-    """Module paths whose outputs are aligned: the end of every stage but the output head (latent side first)."""
+    """Module paths whose outputs are aligned: the last module with weights of every stage but the output head
+    (latent side first; a TAE stage's last ResBlock, before its parameter-free upsampler)."""
     from fastdecoders.prune.ops import default_stages
 
     stages = [paths for paths in default_stages(decoder).values() if paths]
-    return [paths[-1] for paths in stages[:-1]]
+    points = []
+    for paths in stages[:-1]:
+        weighted = [p for p in paths if any(True for _ in decoder.get_submodule(p).parameters())]
+        points.append((weighted or paths)[-1])
+    return points
 
 
 class _Taps:
@@ -296,6 +342,14 @@ def align_features(
 # -- the driver ------------------------------------------------------------------------------------------------------
 
 
+def _pair_teacher_names(values: dict[str, Any], points: Sequence[str], points_t: Sequence[str]) -> None:
+    """Auto pairs name the student's modules; the trainer's teacher may name the same module differently."""
+    rename = dict(zip(points, points_t, strict=True))
+    for pair in (values.get("loss") or {}).get("features") or []:
+        if isinstance(pair, dict) and pair.get("teacher") in rename:
+            pair["teacher"] = rename[pair["teacher"]]
+
+
 def _prune_args(recipe: Recipe, device: str, weights_dir: str | None) -> Any:
     import argparse
 
@@ -354,9 +408,23 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "cpu", weights_dir
         "params": [decoder_parameters(teacher), decoder_parameters(student)], "calibration": calib_note,
         "pruned": current, "phases": [],
     }  # fmt: skip
+    points = feature_points(teacher)
+    points_t = [p.removeprefix("vae.") for p in points]  # the trainer's diffusers teacher is the bare VAE
+    if not recipe.phases:  # the trainer's own schedule: one run
+        values = _student(recipe.train_sections, student.registry_name, current)
+        values = _with_features(values, points)
+        _pair_teacher_names(values, points, points_t)
+        values["data"] = {"cache_dir": str(out / "cache"), **(values.get("data") or {})}
+        trained = train(config_from_dict(values, recipe.source), out / "train")
+        current = trained["model"]
+        summary["phases"] = [{"name": p.get("name", f"phase{i + 1}"), "kind": "train", "model": current,
+                              "loss": {k: v for k, v in p.items() if k not in ("name", "start_step")}}
+                             for i, p in enumerate(values["loss"].get("phases") or [])]  # fmt: skip
+        summary["train"] = {"steps": trained["steps"], "seconds": trained["seconds"], "val": trained["val"],
+                            "teacher_val": trained["teacher_val"], "init_val": trained.get("init_val")}  # fmt: skip
     for i, phase in enumerate(recipe.phases, start=1):
         folder = out / f"{i}-{phase.name}"
-        if phase.align:
+        if phase.local:
             model = load_decoder(current).to(device)
             info = align_features(teacher, model, latents, phase.steps, feature=float(phase.loss["feature"]),
                                   distill=float(phase.loss.get("distill", 0.0)), lr=float(phase.lr or 1e-3),
@@ -366,8 +434,10 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "cpu", weights_dir
             summary["phases"].append({"name": phase.name, "kind": "align", "loss": phase.loss, "model": current,
                                       **{k: v for k, v in info.items() if k != "points"}})  # fmt: skip
             continue
-        cfg = config_from_dict(phase_config(recipe, phase, student.registry_name, current),
-                               f"{recipe.source} phase {phase.name}")  # fmt: skip
+        values = _with_features(phase_config(recipe, phase, student.registry_name, current), points)
+        _pair_teacher_names(values, points, points_t)
+        values["data"] = {"cache_dir": str(out / "cache"), **(values.get("data") or {})}  # phases share one cache
+        cfg = config_from_dict(values, f"{recipe.source} phase {phase.name}")
         trained = train(cfg, folder)
         current = trained["model"]
         summary["phases"].append({"name": phase.name, "kind": "train", "loss": phase.loss, "model": current,

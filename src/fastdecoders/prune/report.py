@@ -131,10 +131,12 @@ def pareto(
             "psnr_vs_teacher": _psnr(out, ref),
         }  # fmt: skip
 
+    stats = None
     for keep in keeps:
         for v in variants:
             result = prune(teacher, keep, calib, method=v.method, fold=v.fold, multiple=multiple,
-                           batch_size=batch_size)  # fmt: skip
+                           batch_size=batch_size, stats=stats)  # fmt: skip
+            stats = result.stats or stats
             student = result.student
             student.latent_space_name = getattr(teacher, "latent_space_name", None)
             checkpoint = None
@@ -147,8 +149,13 @@ def pareto(
         points.append(measure(label, student.eval(), keep=None, method="extra", fold=None, widths=None,
                               checkpoint=None))  # fmt: skip
     return {
-        "teacher": {"name": getattr(teacher, "registry_name", None), "params": t_params, "ms": t_ms,
-                    "ms_median": t_median, "psnr": t_psnr},
+        "teacher": {
+            "name": getattr(teacher, "registry_name", None),
+            "params": t_params,
+            "ms": t_ms,
+            "ms_median": t_median,
+            "psnr": t_psnr,
+        },
         "points": points,
         "runs": runs,
         "bench_shape": list(bench_latents.shape),
@@ -236,6 +243,8 @@ def pareto_from_args(args: argparse.Namespace, teacher: nn.Module) -> dict[str, 
     from fastdecoders.prune.core import parse_keep
     from fastdecoders.weights import load_decoder
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     keeps = parse_keep(args.pareto)
     variants = parse_methods(args.methods)
     space = get_latent_space(teacher.latent_space_name)

@@ -4,6 +4,8 @@
 * ``teachers``: the teacher (TAE encoder/decoder pair or a diffusers VAE) and the latent-space checks;
 * ``data``: images/videos, the fixed validation split, the sharded latent cache, random crops and flips;
 * ``losses`` / ``perceptual``: pixel, distillation, perceptual (LPIPS or EfficientNet-Lite0), patch-GAN, temporal;
+* ``features``: feature alignment of named student/teacher modules (hooks, 1x1 projections); loss weights may change
+  between ``loss.phases`` (see ``config.LossConfig``);
 * ``loop``: the training loop (EMA, warm-up + cosine, bf16 autocast, DDP, exact resume); ``card``: the model card.
 
 >>> from fastdecoders.train import load_config, train

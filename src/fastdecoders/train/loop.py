@@ -192,7 +192,7 @@ def weights_sha256(module: nn.Module) -> str:
     h = hashlib.sha256()
     for key, value in module.state_dict().items():
         h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -562,6 +562,8 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
 
     def save(step: int) -> None:
         check_in_sync(student, d)
+        if align is not None:
+            check_in_sync(align.projections, d)
         if d.main:
             state = {
                 "step": step, "student": student.state_dict(), "ema": ema.model.state_dict() if ema else None,

@@ -227,6 +227,10 @@ def _load_vae(cfg: TeacherConfig, space: LatentSpace, device: torch.device) -> t
     if cls is None:
         raise FastDecodersError(f"this diffusers has no {space.vae_class} (the {space.name} VAE class)")
     kwargs = {"subfolder": cfg.vae_subfolder} if cfg.vae_subfolder else {}
+    looks_local = cfg.vae.startswith((".", "/", "~")) or cfg.vae.count("/") != 1 or Path(cfg.vae).suffix
+    if looks_local and not Path(cfg.vae).expanduser().is_dir():
+        raise FastDecodersError(f"teacher.vae: expected a diffusers VAE folder or a hub id, got {cfg.vae!r} "
+                                "(no such folder)")  # fmt: skip
     try:
         vae = cls.from_pretrained(cfg.vae, **kwargs)
     except Exception as e:  # missing files, offline hub, wrong class: one line for the user
