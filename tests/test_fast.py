@@ -131,6 +131,7 @@ def test_fp16_real_weights_stay_finite(taesd_weights_dir, kodak_dir):
         z = load_encoder("taesdxl_encoder", weights_dir=taesd_weights_dir)(image[None])
     decoder = load_decoder("taesdxl", weights_dir=taesd_weights_dir)
     assert fp16_report(decoder, z)["headroom"] > 10
+    z = z[..., :3, :3]  # CPU fp16 convolutions are slow: a 24x24-pixel corner is enough to see the range
     with torch.no_grad():
         want = decoder(z)
         got = optimize(decoder, dtype="float16")(z.half()).float()

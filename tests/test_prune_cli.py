@@ -14,6 +14,15 @@ from fastdecoders.models import TAEConfig, TAEDecoder
 from fastdecoders.prune.report import pareto, parse_methods, render_pareto, write_report
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small convs on a shared 2-core machine: one thread avoids oversubscription (10x here); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def teacher_file(tmp_path):
     torch.manual_seed(0)

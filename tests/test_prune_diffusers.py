@@ -14,6 +14,15 @@ from fastdecoders.prune.arch import VAEDecoder
 diffusers = pytest.importorskip("diffusers")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small convs on a shared 2-core machine: one thread avoids oversubscription (10x here); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def kl_teacher() -> VAEDecoder:
     vae = diffusers.AutoencoderKL(
         block_out_channels=(16, 32, 32), norm_num_groups=8, latent_channels=4, layers_per_block=1,

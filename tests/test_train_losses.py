@@ -17,6 +17,15 @@ from fastdecoders.train.loop import run_student
 from fastdecoders.train.losses import Objective, PatchDiscriminator, adversarial_weight, temporal_loss
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Toy-sized convolutions gain nothing from a second thread, and lose much on a shared (oversubscribed) CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(name: str) -> nn.Module:
     spec = get_spec(name)
     return build_decoder(spec, config=spec.tiny)

@@ -7,7 +7,9 @@ keeping the activations of only one piece alive at a time:
   each tile is decoded with ``overlap >= receptive_field`` latent pixels of context on every side that has a
   neighbour, and only its centre (the "core") is kept, so every kept pixel saw exactly the latents it sees untiled
   (fp32: equal to float rounding). The TAE family (19 latent pixels for TAESD's layout) and ResBlock-only EffViT are
-  bounded; TAEF2's pooled GroupNorm, EffViT attention and diffusers VAEs (mid-block attention, GroupNorm) are not.
+  bounded. TAEF2's pooled GroupNorm normalises over the whole map, but only at latent size: those first blocks run
+  once on the whole latent (cheap) and the rest, bounded again (18 latent pixels), is tiled exactly.
+  EffViT attention and diffusers VAEs (mid-block attention, GroupNorm) are unbounded.
 * **blended tiles** otherwise: pieces overlap by ``2·overlap`` latent pixels and are cross-faded linearly. Not exact;
   ``compare_tiled`` measures the error against the untiled decode.
 * **batch chunks**: any decoder, exact (in eval mode).
@@ -36,11 +38,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.layers import module_ops, receptive_radius, sequence_ops
 
 #: side of the probe used to measure bytes per latent pixel (latent pixels; 16 -> 128² pixels at f8).
 PROBE_SIZE = 16
 #: fraction of free memory the automatic choice plans to use when no ``max_memory_bytes`` is given.
 AUTO_BUDGET_FRACTION = 0.8
+#: rough estimate = this x the largest leaf-module output (measured peaks: 3x for TAE/EffViT, 6.5x for tae-causal).
+ROUGH_FACTOR = 8
 #: default context (latent pixels per side) for blended tiles of decoders with an unbounded receptive field.
 BLEND_OVERLAP = 8
 
@@ -85,8 +90,31 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
+def rough_peak_bytes(fn: Callable[[], Any], modules: torch.nn.Module) -> tuple[int, Any]:
+    """(an upper estimate of the peak bytes of ``fn()``, its result): ``ROUGH_FACTOR`` x the largest output of any leaf
+    module of ``modules``, plus the result. Cheap (forward hooks), unlike ``LiveBytes`` whose dispatch mode imports
+    torch._dynamo (seconds, once per process)."""
+    largest = [0]
+
+    def record(module, args, out):
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    hooks = [m.register_forward_hook(record) for m in modules.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            result = fn()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ROUGH_FACTOR * largest[0] + result.numel() * result.element_size(), result
+
+
 def measure_peak_bytes(fn: Callable[[], Any], device: torch.device) -> tuple[int, Any]:
-    """(peak bytes allocated while running ``fn()`` above what was allocated before, its result), under no_grad."""
+    """(peak bytes allocated while running ``fn()`` above what was allocated before, its result), under no_grad.
+
+    CUDA: the caching allocator's peak; other devices: ``LiveBytes``.
+    """
     with torch.no_grad():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -182,6 +210,7 @@ def _takes_num_frames(decoder: torch.nn.Module) -> bool:
 
 def _job(decoder: torch.nn.Module, z: torch.Tensor, num_frames: int | None) -> _Job:
     from fastdecoders.models.causal import CausalTAEDecoder
+    from fastdecoders.models.tae import TAEDecoder
     from fastdecoders.models.temporal import TemporalTAEDecoder
 
     if z.ndim not in (4, 5):
@@ -197,11 +226,40 @@ def _job(decoder: torch.nn.Module, z: torch.Tensor, num_frames: int | None) -> _
     if isinstance(decoder, CausalTAEDecoder):
         decoder.check_latents(z)
         return _Job("causal", z, decoder, radius, note=note)
+    if isinstance(decoder, TAEDecoder) and radius is None:
+        split = _global_prefix(decoder)
+        if split is not None:  # TAEF2: the pooled-GroupNorm blocks run once on the whole latent, the rest tiles
+            layers = list(decoder.children())
+            with torch.no_grad():
+                features = z
+                for layer in layers[:split]:
+                    features = layer(features)
+
+            def render(x: torch.Tensor) -> torch.Tensor:
+                for layer in layers[split:]:
+                    x = layer(x)
+                return x.mul(2).sub(1)  # as TAEDecoder.forward
+
+            tail = receptive_radius(sequence_ops(layers[split:]))
+            fixed = features.numel() * features.element_size()
+            return _Job("image", features, render, tail, fixed_bytes=fixed)
     if num_frames is not None and _takes_num_frames(decoder):
         if z.shape[0] % num_frames:
             raise FastDecodersError(f"tiling: expected a multiple of num_frames={num_frames} frames, got {z.shape[0]}")
         return _Job("clips", z, lambda x: decoder(x, num_frames=num_frames), radius, num_frames, note=note)
     return _Job("image", z, decoder, radius, note=note)
+
+
+def _global_prefix(decoder) -> int | None:
+    """For a TAE with global layers (pooled GroupNorm) only at latent size: how many leading layers to run whole."""
+    layers = list(decoder.children())
+    unbounded = [i for i, layer in enumerate(layers) if module_ops(layer) is None]
+    split = unbounded[-1] + 1
+    if any(isinstance(layer, torch.nn.Upsample) for layer in layers[:split]):
+        return None
+    if sequence_ops(layers[split:]) is None:
+        return None
+    return split
 
 
 def _causal_chunks(decoder, z: torch.Tensor, frames_per_chunk: int) -> Iterator[tuple[torch.Tensor, slice]]:
@@ -226,10 +284,15 @@ def stream_decode(decoder, latents: torch.Tensor, frames_per_chunk: int = 1) -> 
         yield pixels
 
 
-def _probe(decoder: torch.nn.Module, job: _Job) -> tuple[float, float]:
-    """(peak bytes, output elements) per latent pixel (per latent frame too for causal), measured once and cached."""
+def _probe(decoder: torch.nn.Module, job: _Job, precise: bool = True) -> tuple[float, float]:
+    """(peak bytes, output elements) per latent pixel (per latent frame too for causal), measured once and cached.
+
+    ``precise=False`` off CUDA gives ``rough_peak_bytes``' upper estimate instead of ``measure_peak_bytes``.
+    """
     x = job.inputs
-    key = (job.kind, str(x.device), x.dtype, tuple(x.shape[1:-2]) if job.kind != "causal" else x.shape[1])
+    precise = precise or x.device.type == "cuda"  # the allocator's peak costs nothing there
+    measure = measure_peak_bytes if precise else lambda fn, device: rough_peak_bytes(fn, decoder)
+    key = (job.kind, str(x.device), x.dtype, tuple(x.shape[1:-2]) if job.kind != "causal" else x.shape[1], precise)
     cache = _PROBES.setdefault(decoder, {})
     size = PROBE_SIZE
     while key not in cache:
@@ -239,11 +302,11 @@ def _probe(decoder: torch.nn.Module, job: _Job) -> tuple[float, float]:
             if job.kind == "causal":
                 frames = min(2, x.shape[2])
                 probe = x[:1, :, :frames, : p[0], : p[1]].clone()
-                peak, out = measure_peak_bytes(lambda p=probe: decoder.run(p, decoder.initial_state())[0], x.device)
+                peak, out = measure(lambda p=probe: decoder.run(p, decoder.initial_state())[0], x.device)
                 pixels = frames * p[0] * p[1]
             else:
                 probe = x[:batch, ..., : p[0], : p[1]].clone()
-                peak, out = measure_peak_bytes(lambda p=probe: job.fn(p), x.device)
+                peak, out = measure(lambda p=probe: job.fn(p), x.device)
                 pixels = batch * p[0] * p[1] * (x.shape[2] if x.ndim == 5 else 1)
         except (RuntimeError, MemoryError) as error:
             if size == 1 or not (isinstance(error, MemoryError) or is_oom(error)):
@@ -306,10 +369,20 @@ def _plan(decoder, job: _Job, tile: int | str | None, overlap: int | None, max_m
             raise FastDecodersError(f"frames_per_chunk: expected >= 1, got {frames_per_chunk}")
     if tile == "off":
         return report
-    bpl, out_per_px = _probe(decoder, job)
     elt = x.element_size()
-    explicit_budget = max_memory_bytes is not None
-    budget = int(max_memory_bytes) if explicit_budget else int(AUTO_BUDGET_FRACTION * memory_budget(x.device))
+    if isinstance(tile, bool) or not (tile in (None, "auto") or (isinstance(tile, int) and tile >= 1)):
+        raise FastDecodersError(f"tile: expected a positive number of latent pixels, 'auto' or 'off', got {tile!r}")
+    if max_memory_bytes is None:
+        budget = int(AUTO_BUDGET_FRACTION * memory_budget(x.device))
+    else:
+        budget = int(max_memory_bytes)
+    if tile in (None, "auto") and frames_per_chunk is None:  # a cheap upper estimate first: enough if one call fits
+        bpl, out_per_px = _probe(decoder, job, precise=False)
+        untiled = _estimate(job, bpl, out_per_px, n, None, None, 0, elt)
+        if untiled <= budget:
+            return replace(report, budget_bytes=budget, bytes_per_latent_pixel=bpl, estimated_peak_bytes=untiled,
+                           estimated_untiled_bytes=untiled)  # fmt: skip
+    bpl, out_per_px = _probe(decoder, job)
     report.budget_bytes, report.bytes_per_latent_pixel = budget, bpl
     report.estimated_untiled_bytes = _estimate(job, bpl, out_per_px, n, None, None, 0, elt)
 
@@ -328,12 +401,8 @@ def _plan(decoder, job: _Job, tile: int | str | None, overlap: int | None, max_m
                        estimated_peak_bytes=_estimate(job, bpl, out_per_px, batch, frames, core, ov, elt))  # fmt: skip
 
     if isinstance(tile, int):
-        if tile < 1:
-            raise FastDecodersError(f"tile: expected a positive number of latent pixels, 'auto' or 'off', got {tile}")
         plan = finish(n, frames_per_chunk or t, tile, True)
         return replace(plan, fits=plan.estimated_peak_bytes <= budget)
-    if tile not in (None, "auto"):
-        raise FastDecodersError(f"tile: expected a positive int, 'auto' or 'off', got {tile!r}")
 
     # largest first: the whole batch, then fewer samples, then fewer frames, then smaller tiles
     unit = job.batch_unit

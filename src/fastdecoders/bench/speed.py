@@ -221,8 +221,8 @@ def _cuda_graph(decoder: nn.Module, args: tuple, kwargs: dict) -> Callable[[], t
 def _probe(decoder: nn.Module, dtype_name: str, device: torch.device, name: str) -> None:
     """Fail with one line, up front, when the dtype does not run on this device (e.g. an op without fp16 kernel)."""
     space = get_latent_space(decoder.latent_space_name)
-    probe = Size(space.spatial_factor, space.spatial_factor)
-    args, kwargs, _ = make_inputs(decoder, probe, 1, 1, device, next(decoder.parameters()).dtype)
+    probe = Size(2 * space.spatial_factor, 2 * space.spatial_factor)  # 2×2 latents, 2 latent frames: norms need > 1
+    args, kwargs, _ = make_inputs(decoder, probe, 1, 2, device, next(decoder.parameters()).dtype)
     try:
         with torch.inference_mode():
             decoder(*args, **kwargs)

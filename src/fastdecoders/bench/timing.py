@@ -146,15 +146,3 @@ class CpuPeak:
 def _ru_maxrss_bytes() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
-
-
-def reset_peak_memory(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mb(device: torch.device | str) -> float:
-    """Peak allocated CUDA memory since the last reset, or the process's peak RSS on CPU (MiB, never reset)."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return _ru_maxrss_bytes() / 2**20

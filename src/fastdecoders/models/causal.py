@@ -84,10 +84,14 @@ class MemBlock(nn.Module):
         return [("conv", receptive_radius(module_ops(self.conv) or []))]
 
     def forward(self, x: torch.Tensor, previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        first = torch.zeros_like(x[:, :1]) if previous is None else previous[:, None]
-        past = torch.cat([first, x[:, :-1]], dim=1)  # the input shifted one frame later in time
+        b, t, c, h, w = x.shape
+        # [x_t, x_{t-1}] as channels, written once into one buffer (no intermediate shifted copy)
+        pair = x.new_empty(b, t, 2 * c, h, w)
+        pair[:, :, :c] = x
+        pair[:, 0, c:] = 0 if previous is None else previous
+        pair[:, 1:, c:] = x[:, :-1]
         frames = x.flatten(0, 1)
-        y = self.act(self.conv(torch.cat([frames, past.flatten(0, 1)], dim=1)) + frames)
+        y = self.act(self.conv(pair.flatten(0, 1)) + frames)
         return y.unflatten(0, x.shape[:2]), x[:, -1].clone()  # clone: keep one frame, not the whole chunk
 
 
