@@ -159,6 +159,8 @@ def test_crash_then_resume_gives_bit_identical_weights_without_running_the_encod
     with pytest.raises(Exception, match="already holds a run"):
         train(config_from_dict(values), out)
 
+    # a torn newest checkpoint (say, a disk that filled up) is skipped: the run continues from step 3
+    (out / "checkpoints" / "step_0000004.pt").write_bytes(b"PK\x03\x04 truncated")
     monkeypatch.setattr(Batches, "batch", original)
     result = train(config_from_dict(values), out, resume=True)
     assert result["weights_sha256"] == ref_result["weights_sha256"]
@@ -168,6 +170,7 @@ def test_crash_then_resume_gives_bit_identical_weights_without_running_the_encod
     exp_avg = lambda s: [v["exp_avg"] for v in s["optimizer"]["state"].values()]  # noqa: E731
     assert all(torch.equal(a, b) for a, b in zip(exp_avg(mine), exp_avg(theirs), strict=True))
     assert mine["data"] == theirs["data"] and mine["scheduler"] == theirs["scheduler"]
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [3, 6]  # the torn leftover was dropped on resume
     # the logs read like an unbroken run's (rows after the checkpoint were written again, not twice)
     assert (out / "val_log.csv").read_text().splitlines()[0] == (ref_out / "val_log.csv").read_text().splitlines()[0]
     assert [r.split(",")[0] for r in (out / "train_log.csv").read_text().splitlines()[1:]] == ["2", "4", "6"]

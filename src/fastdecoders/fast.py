@@ -9,13 +9,14 @@
 * ``"compile"``: that, plus ``torch.compile`` (inductor fuses conv epilogues: bias + ReLU + residual add).
 
 fp16 safety. ``activation_ranges`` records the max |activation| of every layer; ``fp16_report`` compares it with
-fp16's largest finite value, 65504. With the upstream weights (../shared/weights/taesd) on 12 Kodak images (kodim01,
-03, ..., 23 at 256x384) the worst layer peaks at 9.8 (taesd), 15.7 (taesdxl), 35.4 (taesd3), 252 (taef1): >= 260x headroom;
-on random ±3 latents (saturated: the most the TAE's input soft clamp lets through) 22, 66, 121, 879: >= 74x.
-A CPU fp16 decode of a 16x16 Kodak latent crop is finite and within 0.019 of fp32 (benchmarks/README.md). ``optimize(dtype=float16)`` keeps
-fp16 for the TAE family and EffViT (whose linear-attention sums already run in float32) and switches other decoders
-(diffusers VAEs: SDXL's is known to overflow in fp16; tae-causal: no trained weights measured yet) to bfloat16
-with a warning, unless ``allow_fp16_overflow=True``.
+fp16's largest finite value, 65504. Upstream weights (../shared/weights/taesd), 12 Kodak images (kodim01, 03, ..., 23
+at 256x384): the worst layer peaks at 9.8 (taesd), 15.7 (taesdxl), 35.4 (taesd3), 252 (taef1), 18.0 (taef2), so
+>= 260x headroom; on random ±3 latents (saturated: the most the TAE's input soft clamp lets through) at 22, 66, 121,
+879 and 35: >= 74x. A CPU fp16 decode of a 16x16 Kodak latent crop is finite and within 0.019 of fp32 for all five
+(benchmarks/README.md, "Bounded memory (CPU)"). ``optimize(dtype=float16)`` keeps fp16 for the TAE family and
+EffViT (whose linear-attention sums already run in float32) and switches other decoders (diffusers VAEs: SDXL's is
+known to overflow in fp16; tae-causal: no trained weights measured yet) to bfloat16 with a warning, unless
+``allow_fp16_overflow=True``.
 """
 
 from __future__ import annotations

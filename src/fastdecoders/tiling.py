@@ -42,8 +42,10 @@ from fastdecoders.models.layers import module_ops, receptive_radius, sequence_op
 
 #: side of the probe used to measure bytes per latent pixel (latent pixels; 16 -> 128² pixels at f8).
 PROBE_SIZE = 16
-#: fraction of free memory the automatic choice plans to use when no ``max_memory_bytes`` is given.
-AUTO_BUDGET_FRACTION = 0.8
+#: fraction of free memory the automatic choice plans to use when no ``max_memory_bytes`` is given: CUDA estimates
+#: come from the allocator itself; on CPU, process RSS ran 1.3-1.6x above the live-tensor estimate (allocator and
+#: oneDNN scratch; benchmarks/README.md), hence the lower fraction.
+AUTO_BUDGET_FRACTION = {"cuda": 0.8, "cpu": 0.5}
 #: rough estimate = this x the largest leaf-module output (measured peaks: 3x for TAE/EffViT, 6.5x for tae-causal).
 ROUGH_FACTOR = 8
 #: default context (latent pixels per side) for blended tiles of decoders with an unbounded receptive field.
@@ -373,7 +375,7 @@ def _plan(decoder, job: _Job, tile: int | str | None, overlap: int | None, max_m
     if isinstance(tile, bool) or not (tile in (None, "auto") or (isinstance(tile, int) and tile >= 1)):
         raise FastDecodersError(f"tile: expected a positive number of latent pixels, 'auto' or 'off', got {tile!r}")
     if max_memory_bytes is None:
-        budget = int(AUTO_BUDGET_FRACTION * memory_budget(x.device))
+        budget = int(AUTO_BUDGET_FRACTION.get(x.device.type, 0.5) * memory_budget(x.device))
     else:
         budget = int(max_memory_bytes)
     if tile in (None, "auto") and frames_per_chunk is None:  # a cheap upper estimate first: enough if one call fits
@@ -527,7 +529,7 @@ def decode_tiled(
         tile: core side of a spatial tile in latent pixels; None or "auto" chooses from the memory estimate (and may
             chunk only the batch or frames), "off" is one plain call.
         overlap: latent pixels of context per side; default the receptive field (exact) or ``BLEND_OVERLAP``.
-        max_memory_bytes: budget for the estimated peak; default 80% of free CUDA memory / available RAM.
+        max_memory_bytes: budget for the estimated peak; default 80% of free CUDA memory, 50% of available RAM.
         frames_per_chunk: latent frames pushed at once through a tae-causal stream (default: from the budget).
 
     Returns:

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", default="auto", help="auto (tiles or chunks only if the memory estimate "
                         "needs them), off, or a tile side in latent pixels (exact for TAE, else blended)")  # fmt: skip
     parser.add_argument("--max-memory-mb", type=float, default=None,
-                        help="memory budget for --tile auto (default: 80%% of free device memory)")  # fmt: skip
+                        help="budget for --tile auto (default: 80%% of free CUDA memory, 50%% of RAM)")  # fmt: skip
     add_weights_dir(parser)
     add_device(parser)
 

@@ -26,7 +26,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,6 @@ class Recipe:
     phases: list[Phase]
     train_sections: dict[str, Any]
     source: str = "recipe"
-    notes: list[str] = field(default_factory=list)
 
 
 def parse_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:

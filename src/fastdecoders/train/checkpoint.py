@@ -70,6 +70,15 @@ def save_checkpoint(out: Path, step: int, state: dict[str, Any], keep: int) -> P
     return path
 
 
+def drop_after(out: Path, step: int) -> list[Path]:
+    """Delete checkpoints past ``step`` (an abandoned timeline: unreadable leftovers, or a resume from an older
+    checkpoint); returns them."""
+    dropped = [p for s, p in list_checkpoints(out) if s > step]
+    for path in dropped:
+        path.unlink(missing_ok=True)
+    return dropped
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -42,12 +42,13 @@ from fastdecoders.models import ARCHITECTURES, Decoder
 from fastdecoders.train import checkpoint as ckpt
 from fastdecoders.train import data as data_mod
 from fastdecoders.train.card import model_card
-from fastdecoders.train.config import OptimConfig, StudentConfig, TrainConfig, resolve_paths
+from fastdecoders.train.config import LossConfig, OptimConfig, StudentConfig, TrainConfig, resolve_paths
 from fastdecoders.train.data import Batches, Split
+from fastdecoders.train.features import FeatureAlignment
 from fastdecoders.train.logs import RunLog
 from fastdecoders.train.losses import Objective, PatchDiscriminator, adversarial_weight, frames
 from fastdecoders.train.losses import hinge_discriminator_loss as d_loss
-from fastdecoders.train.teachers import check_spaces, load_teacher
+from fastdecoders.train.teachers import Teacher, check_spaces, load_teacher
 
 #: config fields that may change when a run is resumed (budgets and logging); anything else is an error.
 RESUMABLE_CHANGES = ("train.steps", "train.max_minutes", "train.compile", "train.device", "data.cache_dir",
@@ -356,7 +357,7 @@ def check_setup(cfg: TrainConfig) -> tuple[LatentSpace, str]:
 # -- feature alignment ----------------------------------------------------------------------------------------------
 
 
-def teacher_forward(teacher, kind: str, latents: torch.Tensor) -> None:
+def teacher_forward(teacher: Teacher, kind: str, latents: torch.Tensor) -> None:
     """Run the teacher decoder on a batch's latents (for its feature hooks): images as one batch, clips one by one
     ((t, C, h, w) each, the teacher's own clip layout). No gradients; the output is dropped."""
     if kind == "image":
@@ -366,11 +367,9 @@ def teacher_forward(teacher, kind: str, latents: torch.Tensor) -> None:
             teacher.decode_live(clip)
 
 
-def setup_alignment(cfg: TrainConfig, student: Decoder, teacher, space: LatentSpace, kind: str,
-                    device: torch.device) -> tuple[nn.Module, list[str]]:  # fmt: skip
+def setup_alignment(cfg: TrainConfig, student: Decoder, teacher: Teacher, space: LatentSpace, kind: str,
+                    device: torch.device) -> tuple[FeatureAlignment, list[str]]:  # fmt: skip
     """Hooks on both decoders, checked and sized on one zero-latent crop: (FeatureAlignment, a line per pair)."""
-    from fastdecoders.train.features import FeatureAlignment
-
     if teacher.decoder_module is None:
         raise FastDecodersError("loss.feature > 0: expected a teacher decoder, got none")
     align = FeatureAlignment(cfg.loss.features, student, teacher.decoder_module, cfg.loss.feature_kind).to(device)
@@ -397,7 +396,8 @@ def all_reduce_grads(module: nn.Module, d: Dist) -> None:
             p.grad /= d.world
 
 
-def describe_phase(cfg, index: int | None) -> str:
+def describe_phase(cfg: LossConfig, index: int | None) -> str:
+    """'2 (name)' for phase 2, or the top-level weights."""
     if index is None:
         return "(top-level weights)"
     name = cfg.phases[index].get("name")
@@ -535,6 +535,8 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
         ckpt.set_rng_state(state["rng"])
         step, seconds, train_seconds, images = state["step"], state["seconds"], state["train_seconds"], state["images"]
         init_val = state.get("init_val")
+        if d.main:
+            ckpt.drop_after(out, step)
         if state["data"] != batches.position(step):
             raise FastDecodersError(f"{path}: data position {state['data']} does not match this data at step {step}")
     elif d.main:
