@@ -171,7 +171,7 @@ def test_out_of_memory_halves_the_piece_and_retries(tiny_tae):
     decoder.load_state_dict(tiny_tae.state_dict())
     z = torch.randn(2, 4, 20, 30)  # 600 > 500 latent pixels per sample; tiles of 15 (20x23 with context) fit
     images, report = decode_tiled(decoder, z, max_memory_bytes=2**40)  # the estimate says one call fits
-    assert report.retries == 2 and report.batch_chunk == 1 and report.tile == 15 and len(report.notes) == 2
+    assert report.retries == 2 and report.batch_chunk == 1 and report.tile == 15 and len(report.events) == 2
     with torch.no_grad():
         assert (images - tiny_tae(z)).abs().max() <= EXACT
     decoder.limit = 0  # nothing fits: the error comes out in the end
@@ -248,7 +248,7 @@ def test_cli_decode_tile(capsys, tmp_path, tiny_tae):
     assert results["off"]["tiling"]["mode"] == "whole"
     from PIL import Image
 
-    pixels = {t: torch.from_numpy(np.asarray(Image.open(tmp_path / f"{t}.png"))) for t in results}
+    pixels = {t: torch.from_numpy(np.array(Image.open(tmp_path / f"{t}.png"))) for t in results}
     assert torch.equal(pixels["6"], pixels["off"]) and torch.equal(pixels["auto"], pixels["off"])
 
 

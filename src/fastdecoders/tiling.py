@@ -17,10 +17,13 @@ keeping the activations of only one piece alive at a time:
   in clip length; ``stream_decode`` yields frames without holding the clip); ``tae-temporal`` mixes frames at latent
   size once (``temporal_features``) and renders frames in chunks (``render_frames``, frame-wise): both exact.
 
-The automatic choice (``auto_tile``) measures peak activation bytes per latent pixel once per decoder, device and
-dtype on a small probe (CUDA: the allocator's peak; elsewhere a count of live tensor storages), then picks the largest
-batch chunk, frame chunk and tile whose estimated peak fits the budget (``max_memory_bytes``, or free CUDA memory /
-available RAM). An out-of-memory error while decoding halves the piece and retries, as a last resort.
+The automatic choice (``auto_tile``) first checks a cheap upper estimate (``ROUGH_FACTOR`` x the largest layer
+output, from forward hooks on a small probe): if one call fits the budget, nothing is split. Otherwise it measures peak
+activation bytes per latent pixel once per decoder, device and dtype on a 16x16 probe (CUDA: the allocator's peak;
+elsewhere ``LiveBytes``, a count of live tensor storages) and picks the largest batch chunk, then frame chunk, then
+tile whose estimated peak fits the budget (``max_memory_bytes``, or a fraction of free CUDA memory / available RAM).
+An out-of-memory error while decoding halves the piece and retries, as a last resort. Estimates are per latent
+pixel, so they are linear in area: right for convolutional decoders, optimistic for attention over all pixels.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ class LiveBytes(TorchDispatchMode):
         self.live: dict[Any, int] = {}
         self.current = self.peak = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         from torch.multiprocessing.reductions import StorageWeakRef
 
         out = func(*args, **(kwargs or {}))
@@ -177,7 +180,8 @@ class TileReport:
     fits: bool = True
     retries: int = 0
     tiles_per_image: int = 1
-    notes: list[str] = field(default_factory=list)
+    #: what happened while decoding (out-of-memory retries).
+    events: list[str] = field(default_factory=list)
 
     @property
     def estimated_saved_bytes(self) -> int | None:
@@ -252,7 +256,7 @@ def _job(decoder: torch.nn.Module, z: torch.Tensor, num_frames: int | None) -> _
     return _Job("image", z, decoder, radius, note=note)
 
 
-def _global_prefix(decoder) -> int | None:
+def _global_prefix(decoder: torch.nn.Module) -> int | None:
     """For a TAE with global layers (pooled GroupNorm) only at latent size: how many leading layers to run whole."""
     layers = list(decoder.children())
     unbounded = [i for i, layer in enumerate(layers) if module_ops(layer) is None]
@@ -264,7 +268,9 @@ def _global_prefix(decoder) -> int | None:
     return split
 
 
-def _causal_chunks(decoder, z: torch.Tensor, frames_per_chunk: int) -> Iterator[tuple[torch.Tensor, slice]]:
+def _causal_chunks(
+    decoder: torch.nn.Module, z: torch.Tensor, frames_per_chunk: int
+) -> Iterator[tuple[torch.Tensor, slice]]:
     """(pixel frames, their slice along T) for each chunk of ``frames_per_chunk`` latent frames of one clip."""
     stream, start = decoder.stream(), 0
     for t0 in range(0, z.shape[2], frames_per_chunk):
@@ -274,7 +280,7 @@ def _causal_chunks(decoder, z: torch.Tensor, frames_per_chunk: int) -> Iterator[
     stream.flush()
 
 
-def stream_decode(decoder, latents: torch.Tensor, frames_per_chunk: int = 1) -> Iterator[torch.Tensor]:
+def stream_decode(decoder: torch.nn.Module, latents: torch.Tensor, frames_per_chunk: int = 1) -> Iterator[torch.Tensor]:
     """Yield (B, 3, n, f·h, f·w) pixel frames of a causal decoder's clip chunk by chunk: constant memory in clip length.
 
     ``torch.cat(list(stream_decode(d, z, k)), dim=2)`` equals ``d(z)`` (fp32: within 1e-5) for any k >= 1.
@@ -357,8 +363,8 @@ def _default_overlap(job: _Job, tile: int | None) -> int:
     return BLEND_OVERLAP if tile is None else min(BLEND_OVERLAP, max(1, tile // 4))
 
 
-def _plan(decoder, job: _Job, tile: int | str | None, overlap: int | None, max_memory_bytes: int | None,
-          frames_per_chunk: int | None) -> TileReport:  # fmt: skip
+def _plan(decoder: torch.nn.Module, job: _Job, tile: int | str | None, overlap: int | None,
+          max_memory_bytes: int | None, frames_per_chunk: int | None) -> TileReport:  # fmt: skip
     x = job.inputs
     h, w = x.shape[-2:]
     n, t = x.shape[0], (x.shape[2] if job.kind == "causal" else None)
@@ -434,7 +440,7 @@ def _ramp(length: int, margin_before: int, margin_after: int) -> torch.Tensor:
     return w
 
 
-def _run(decoder, job: _Job, plan: TileReport) -> torch.Tensor:
+def _run(decoder: torch.nn.Module, job: _Job, plan: TileReport) -> torch.Tensor:
     x = job.inputs
     n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
     if plan.mode == "whole":
@@ -548,7 +554,7 @@ def decode_tiled(
                 if smaller is None:
                     raise
                 plan = smaller
-                plan.notes.append(f"out of memory; retried with batch {plan.batch_chunk}, tile {plan.tile}, "
+                plan.events.append(f"out of memory; retried with batch {plan.batch_chunk}, tile {plan.tile}, "
                                   f"frames {plan.frames_per_chunk}")  # fmt: skip
                 if latents.device.type == "cuda":
                     torch.cuda.empty_cache()

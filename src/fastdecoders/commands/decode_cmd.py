@@ -76,7 +76,7 @@ class _Tiled:
     def __call__(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         images, report = decode_tiled(self.decoder, latents, tile=self.tile, max_memory_bytes=self.budget,
                                       num_frames=num_frames)  # fmt: skip
-        self.report = {k: v for k, v in report.as_dict().items() if k != "notes"} | {"notes": report.notes}
+        self.report = report.as_dict()
         return images
 
 

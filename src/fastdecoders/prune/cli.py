@@ -65,12 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ops.add_argument("--frame2d-stages", default=None, help="stages whose resnet convs become per-frame 2-D convs")
     pareto = parser.add_argument_group("Pareto report (--pareto)")
     pareto.add_argument("--pareto", default=None, help="keep ratios to sweep, e.g. 0.75,0.5,0.25")
-    pareto.add_argument("--methods", default="independent,magnitude", help="selection methods to compare")
+    pareto.add_argument(
+        "--methods",
+        default="independent,magnitude",
+        help="selection methods to compare; magnitude slices, the others fold; a +fold / -nofold suffix overrides",
+    )
     pareto.add_argument("--eval-images", default=None, help="held-out photos for quality (image decoders)")
     pareto.add_argument("--eval-count", type=int, default=24)
     pareto.add_argument("--eval-size", type=int, default=256)
     pareto.add_argument("--bench-size", type=int, default=None, help="pixel side of the timed decode (default: "
-                        "eval size for images; 8 latent frames of 32x32 for video)")  # fmt: skip
+                        "eval size for images; 128 px with --calib-frames latent frames for video)")  # fmt: skip
     pareto.add_argument("--runs", type=int, default=5, help="timed decodes per model (the fastest is reported)")
     pareto.add_argument("--threads", type=int, default=None, help="torch CPU threads (1: steadier on a shared CPU)")
     pareto.add_argument("--extra", nargs="*", default=[], help="more students to place on the plot (LABEL=PATH)")
