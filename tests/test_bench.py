@@ -27,14 +27,7 @@ from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.teachers import PUBLISHED, teacher_for
 from fastdecoders.registry import build_decoder
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the tiny models run in milliseconds, and a shared CPU does not oversubscribe."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FakeClock:

@@ -14,14 +14,7 @@ SPLITS = [(1, 1, 1, 1, 1), (2, 3), (3, 1, 1), (2, 0, 3), (5,)]  # 5 latent frame
 ATOL = 1e-5  # fp32; streaming and parallel differ only by batching inside the convs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tests run hundreds of convs on tiny tensors, where thread hand-offs cost more than the maths (30x on
-    a loaded 2-core machine); one thread, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=NAMES)

@@ -27,6 +27,7 @@ import torch
 
 from fastdecoders.bench.speed import DTYPES, Size, load_for_bench
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.integrations.tiny import tiny_pipeline
 
 PIPELINES = ("sdxl", "svd", "wan2.1")
 TEACHERS = {"sdxl": "sdxl-vae", "svd": "svd-vae", "wan2.1": "wan2.1-vae"}
@@ -49,17 +50,8 @@ def _sdxl(tiny: bool, size: Size, gen: torch.Generator, device: torch.device) ->
 
     with torch.device(device):  # random init directly on the device: seconds on a GPU for billions
         if tiny:
-            unet = diffusers.UNet2DConditionModel(
-                block_out_channels=(16, 32), layers_per_block=1, sample_size=8, norm_num_groups=8,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4), cross_attention_dim=32,
-                addition_embed_type="text_time", addition_time_embed_dim=8,
-                projection_class_embeddings_input_dim=6 * 8 + 16,
-            )  # fmt: skip
-            vae = diffusers.AutoencoderKL(
-                block_out_channels=(8,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, scaling_factor=0.13025, force_upcast=False,
-            )  # fmt: skip
+            tiny_pipe, _ = tiny_pipeline("sdxl", force_upcast=False)
+            unet, vae = tiny_pipe.unet, tiny_pipe.vae
             tokens, text_dim, pooled_dim = 6, 32, 16
         else:  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json
             unet = diffusers.UNet2DConditionModel(
@@ -98,24 +90,15 @@ def _svd(tiny: bool, size: Size, gen: torch.Generator, device: torch.device) -> 
 
     with torch.device(device):  # random init directly on the device: seconds on a GPU for billions
         if tiny:
-            unet = diffusers.UNetSpatioTemporalConditionModel(
-                sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-                down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-                up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=16,
-                num_attention_heads=(2, 4), addition_time_embed_dim=8, projection_class_embeddings_input_dim=3 * 8,
-            )  # fmt: skip
-            vae = diffusers.AutoencoderKLTemporalDecoder(
-                block_out_channels=(32,) * 4, down_block_types=("DownEncoderBlock2D",) * 4, latent_channels=4
-            )
-            clip = CLIPVisionConfig(hidden_size=16, projection_dim=16, num_hidden_layers=1, num_attention_heads=2,
-                                    intermediate_size=32, image_size=224, patch_size=32)  # fmt: skip
+            tiny_pipe, _ = tiny_pipeline("svd")
+            unet, vae, image_encoder = tiny_pipe.unet, tiny_pipe.vae, tiny_pipe.image_encoder
         else:  # stabilityai/stable-video-diffusion-img2vid-xt: the class defaults are its config
             unet = diffusers.UNetSpatioTemporalConditionModel()
             vae = diffusers.AutoencoderKLTemporalDecoder(**PUBLISHED["svd-vae"][2])
             clip = CLIPVisionConfig(hidden_size=1280, projection_dim=1024, num_hidden_layers=32,
                                     num_attention_heads=16, intermediate_size=5120, image_size=224, patch_size=14,
                                     hidden_act="gelu")  # fmt: skip
-        image_encoder = CLIPVisionModelWithProjection(clip)
+            image_encoder = CLIPVisionModelWithProjection(clip)
     pipe = diffusers.StableVideoDiffusionPipeline(
         vae=vae, image_encoder=image_encoder, unet=unet,
         scheduler=diffusers.EulerDiscreteScheduler(), feature_extractor=CLIPImageProcessor(),
@@ -131,11 +114,8 @@ def _wan(tiny: bool, size: Size, gen: torch.Generator, device: torch.device) -> 
 
     with torch.device(device):  # random init directly on the device: seconds on a GPU for billions
         if tiny:
-            vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
-            transformer = diffusers.WanTransformer3DModel(
-                patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16,
-                text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
-            )  # fmt: skip
+            tiny_pipe, _ = tiny_pipeline("wan")
+            vae, transformer = tiny_pipe.vae, tiny_pipe.transformer
             tokens, text_dim = 6, 32
         else:  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json; the VAE's class defaults are Wan 2.1's
             vae = diffusers.AutoencoderKLWan()

@@ -84,6 +84,15 @@ def _time_ms(decoder: nn.Module, latents: torch.Tensor, runs: int) -> tuple[floa
     return timing.ms_min, timing.ms_median
 
 
+def _gflops(decoder: nn.Module, latents: torch.Tensor) -> float:
+    """Conv/matmul GFLOPs of one decode of ``latents`` (``fastdecoders.bench.flops``): a load-independent speed proxy."""
+    from fastdecoders.bench.flops import count_flops
+
+    param = next(decoder.parameters())
+    z = latents.to(param.device, param.dtype)
+    return count_flops(lambda: decoder(z)) / 1e9
+
+
 def pareto(
     teacher: nn.Module,
     keeps: Sequence[float],
@@ -117,6 +126,7 @@ def pareto(
     ref = _run(teacher, eval_latents, batch_size)
     t_psnr = _psnr(ref, photos01 * 2 - 1) if photos01 is not None else None
     t_ms, t_median = _time_ms(teacher, bench_latents, runs)
+    t_gflops = _gflops(teacher, bench_latents)
     t_params = decoder_parameters(teacher)
     points = []
 
@@ -126,7 +136,7 @@ def pareto(
         ms, median = _time_ms(student, bench_latents, runs)
         return {
             "label": label, **info, "params": decoder_parameters(student), "ms": ms, "ms_median": median,
-            "speedup": t_ms / ms,
+            "speedup": t_ms / ms, "gflops": (g := _gflops(student, bench_latents)), "flops_ratio": t_gflops / g,
             "psnr": s_psnr, "retention": None if t_psnr is None else s_psnr / t_psnr,
             "psnr_vs_teacher": _psnr(out, ref),
         }  # fmt: skip
@@ -154,6 +164,7 @@ def pareto(
             "params": t_params,
             "ms": t_ms,
             "ms_median": t_median,
+            "gflops": t_gflops,
             "psnr": t_psnr,
         },
         "points": points,
@@ -173,16 +184,16 @@ def render_pareto(result: dict[str, Any]) -> str:
         return "–" if v is None else format(v, spec)
 
     lines = [
-        "| student | keep | widths | params | ms (min) | speed-up | PSNR dB | retention | PSNR vs teacher |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| teacher {t['name'] or ''} | 1 | – | {t['params']:,} | {t['ms']:.1f} | 1.00× | {fmt(t['psnr'], '.2f')} "
-        f"| 100% | – |",
+        "| student | keep | widths | params | GFLOPs | ms (min) | speed-up | PSNR dB | retention | PSNR vs teacher |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| teacher {t['name'] or ''} | 1 | – | {t['params']:,} | {t['gflops']:.2f} | {t['ms']:.1f} | 1.00× | "
+        f"{fmt(t['psnr'], '.2f')} | 100% | – |",
     ]
     for p in result["points"]:
         widths = "–" if p["widths"] is None else "/".join(map(str, p["widths"]))
         retention = "–" if p["retention"] is None else f"{p['retention']:.1%}"
         lines.append(
-            f"| {p['label']} | {fmt(p['keep'], 'g')} | {widths} | {p['params']:,} | {p['ms']:.1f} | "
+            f"| {p['label']} | {fmt(p['keep'], 'g')} | {widths} | {p['params']:,} | {p['gflops']:.2f} | {p['ms']:.1f} | "
             f"{p['speedup']:.2f}× | {fmt(p['psnr'], '.2f')} | {retention} | {p['psnr_vs_teacher']:.2f} |"
         )
     return "\n".join(lines)
