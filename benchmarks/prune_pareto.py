@@ -12,8 +12,12 @@ and the pruned decoder with operator swaps, timed on one clip, plus the per-stag
     python benchmarks/prune_pareto.py video --family wan2.1 --keep 1,0.5,0.125,0.125 --frames 3 --size 128 \\
         --out runs/prune-wan
 
-Each writes ``pareto.json`` / ``pareto.md`` (+ ``pareto.png`` for images, ``video.json`` / ``video.md`` for video)
-under ``--out`` and prints the table.
+Per-stage dominant operators of any decoders (registry names or saved students)::
+
+    python benchmarks/prune_pareto.py profile taef2 runs/pareto-taef2/keep0.5-independent.safetensors --size 256
+
+``image`` writes ``pareto.json`` / ``pareto.md`` / ``pareto.png``, ``video`` writes ``video.json`` / ``video.md``,
+under ``--out``; all print their table.
 """
 
 from __future__ import annotations
@@ -92,6 +96,26 @@ def video(args: argparse.Namespace) -> None:
     print(text)
 
 
+def profile(args: argparse.Namespace) -> None:
+    from fastdecoders.commands import format_table
+    from fastdecoders.latents import get_latent_space
+    from fastdecoders.prune.calib import random_latents
+    from fastdecoders.prune.ops import profile_stages
+    from fastdecoders.weights import load_decoder
+
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    rows = []
+    for name in args.decoders:
+        decoder = load_decoder(name, weights_dir=args.weights_dir).eval()
+        side = args.size // get_latent_space(decoder.latent_space_name).spatial_factor
+        table = profile_stages(decoder, random_latents(decoder, 1, side, side, args.frames))
+        for r in table["stages"]:
+            ops = ", ".join(f"{o['op'].removeprefix('aten::')} {o['share']:.0%}" for o in r["ops"][:3])
+            rows.append([name, r["stage"], f"{r['ms']:.1f}", f"{r['share']:.0%}", r["dominant"], ops])
+    print(format_table(["decoder", "stage", "ms", "share", "dominant", "top ops (share of stage)"], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -121,8 +145,14 @@ def main() -> None:
     vid.add_argument("--runs", type=int, default=3)
     vid.add_argument("--threads", type=int, default=1)
     vid.add_argument("--out", required=True)
+    prof = sub.add_parser("profile", help="per-stage dominant-operator table of saved/registered decoders")
+    prof.add_argument("decoders", nargs="+", help="registry names or weights paths")
+    prof.add_argument("--size", type=int, default=256, help="output side, pixels")
+    prof.add_argument("--frames", type=int, default=2, help="latent frames (video decoders)")
+    prof.add_argument("--threads", type=int, default=1)
+    prof.add_argument("--weights-dir", default=None)
     args = parser.parse_args()
-    image(args) if args.mode == "image" else video(args)
+    {"image": image, "video": video, "profile": profile}[args.mode](args)
 
 
 if __name__ == "__main__":

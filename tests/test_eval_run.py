@@ -133,7 +133,7 @@ def config(tmp_path: Path, source: Path, **kwargs) -> EvalConfig:
 
 
 def test_image_run_result_report_and_skips(tmp_path):
-    src = photos(tmp_path / "in")
+    src = photos(tmp_path / "in", count=3)
     (src / "broken.jpg").write_bytes((src / "p0.png").read_bytes()[:150])  # truncated
     write_image(torch.rand(3, 6, 6), src / "tiny.png")  # smaller than one latent cell
     (src / "readme.txt").write_text("ignored: not an image")
@@ -143,7 +143,7 @@ def test_image_run_result_report_and_skips(tmp_path):
 
     assert set(result["decoders"]) == {"taesd", "taesdxl"}
     for d, decoder in zip(result["decoders"].values(), decoders, strict=True):
-        assert d["n"] == 4 and d["psnr"]["n"] == 4 and d["ssim"]["n"] == 4
+        assert d["n"] == 3 and d["psnr"]["n"] == 3 and d["ssim"]["n"] == 3
         assert 0 < d["psnr"]["mean"] < 60 and d["psnr"]["ci95"] > 0 and -1 <= d["ssim"]["mean"] <= 1
         assert isinstance(d["fid"], float) and d["fid"] > 0
         assert d["ms_per_image"] > 0 and d["params"] == decoder.num_parameters()
@@ -151,7 +151,7 @@ def test_image_run_result_report_and_skips(tmp_path):
     skipped = {Path(s["path"]).name: s["why"] for s in result["skipped"]}
     assert set(skipped) == {"broken.jpg", "tiny.png"}
     assert "not a readable image" in skipped["broken.jpg"] and "smaller than one 8x8" in skipped["tiny.png"]
-    assert result["inputs"]["evaluated"] == 4 and result["inputs"]["skipped"] == 2
+    assert result["inputs"]["evaluated"] == 3 and result["inputs"]["skipped"] == 2
 
     out = tmp_path / "out"
     report = Path(result["report"]).read_text()

@@ -26,12 +26,7 @@ from fastdecoders.registry import build_decoder, get_spec
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("flash-vaed*.yaml")), ids=lambda p: p.stem)
@@ -102,3 +97,25 @@ def test_tiny_recipe_runs_three_phases(taesd_weights_dir, shared_dir, tmp_path, 
         not torch.equal(a, b) for a, b in zip(final.state_dict().values(), pruned.state_dict().values(), strict=True)
     ]
     assert any(changed)  # the phases trained the pruned weights
+
+
+@pytest.mark.shared
+def test_phase_list_runs_local_alignment_then_the_trainer(taesd_weights_dir, shared_dir, tmp_path, monkeypatch):
+    """The Wan/LTX-style schedule: a top-level ``phases`` list; phase 1 (feature, no ``features``) is run by the
+    driver on the calibration latents, the next phase by the trainer from phase 1's model."""
+    monkeypatch.chdir(CONFIGS.parent)
+    values = load_recipe(CONFIGS / "flash-vaed-tiny.yaml").train_sections
+    values["loss"] = {"pixel": 1.0, "distill": 1.0}
+    values["data"].update(max_items=3, val_count=1, flips=False)
+    values["train"]["batch_size"] = 2
+    recipe = parse_recipe({
+        **values, "prune": {"keep": 0.25, "calib": "../shared/data/images/bsds500/train", "calib_count": 2,
+                            "calib_size": 32},
+        "phases": [{"name": "align", "steps": 2, "loss": {"feature": 1.0, "distill": 0.5}},
+                   {"name": "output", "steps": 1, "loss": {"pixel": 1.0, "distill": 1.0}}],
+    })  # fmt: skip
+    result = run_recipe(recipe, tmp_path / "run", weights_dir=str(taesd_weights_dir))
+    kinds = [(p["name"], p["kind"]) for p in result["phases"]]
+    assert kinds == [("align", "align"), ("output", "train")]
+    assert result["phases"][0]["steps"] == 2 and result["phases"][1]["steps"] == 1
+    assert load_decoder(result["checkpoint"]).config.widths == (16, 16, 16, 16)

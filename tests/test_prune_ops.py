@@ -27,13 +27,7 @@ diffusers = pytest.importorskip("diffusers")
 SPLITS = [(1, 1, 1, 1), (1, 3), (1, 2, 1), (1, 0, 3)]  # 4 latent frames; Wan's first chunk is one frame
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Hundreds of tiny convs: one thread is faster than hand-offs on a loaded machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,7 @@ from fastdecoders.prune.select import (
     select_pivoted,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small convs on a shared 2-core machine: one thread avoids oversubscription (10x here); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def redundant_activations(n: int = 4096) -> torch.Tensor:

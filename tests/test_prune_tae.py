@@ -11,14 +11,7 @@ from fastdecoders.models import TAEConfig, TAEDecoder
 from fastdecoders.prune import prune
 from fastdecoders.prune.core import parse_keep, pruned_width
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small convs on a shared 2-core machine: one thread avoids oversubscription (10x here); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

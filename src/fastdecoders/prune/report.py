@@ -85,7 +85,7 @@ def _time_ms(decoder: nn.Module, latents: torch.Tensor, runs: int) -> tuple[floa
 
 
 def _gflops(decoder: nn.Module, latents: torch.Tensor) -> float:
-    """Conv/matmul GFLOPs of one decode of ``latents`` (``fastdecoders.bench.flops``): a load-independent speed proxy."""
+    """Conv/matmul GFLOPs of one decode of ``latents`` (``fastdecoders.bench.flops``): a load-independent proxy."""
     from fastdecoders.bench.flops import count_flops
 
     param = next(decoder.parameters())
@@ -193,8 +193,9 @@ def render_pareto(result: dict[str, Any]) -> str:
         widths = "–" if p["widths"] is None else "/".join(map(str, p["widths"]))
         retention = "–" if p["retention"] is None else f"{p['retention']:.1%}"
         lines.append(
-            f"| {p['label']} | {fmt(p['keep'], 'g')} | {widths} | {p['params']:,} | {p['gflops']:.2f} | {p['ms']:.1f} | "
-            f"{p['speedup']:.2f}× | {fmt(p['psnr'], '.2f')} | {retention} | {p['psnr_vs_teacher']:.2f} |"
+            f"| {p['label']} | {fmt(p['keep'], 'g')} | {widths} | {p['params']:,} | {p['gflops']:.2f} | "
+            f"{p['ms']:.1f} | {p['speedup']:.2f}× | {fmt(p['psnr'], '.2f')} | {retention} | "
+            f"{p['psnr_vs_teacher']:.2f} |"
         )
     return "\n".join(lines)
 
