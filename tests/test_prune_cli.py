@@ -44,6 +44,12 @@ def test_prune_json_contract_and_other_verbs_load_the_student(teacher_file, tmp_
     assert main(["decode", str(out), str(latents), "-o", str(png), "--json"]) == 0
     capsys.readouterr()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # and bench times it from the same path
+    argv = ["bench", str(out), "--sizes", "32", "--runs", "1", "--warmup", "0", "--no-teacher", "--no-peak",
+            "--plot", str(tmp_path / "bench.png"), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows[0]["decoder"] == str(out) and rows[0]["ms_median"] > 0
 
 
 @pytest.mark.parametrize(
