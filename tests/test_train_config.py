@@ -169,3 +169,14 @@ def test_every_preset_validates(preset, shared_dir, monkeypatch):
     space, kind = check_setup(cfg)
     assert space.name in ("sdxl", "flux2", "svd") and kind in ("image", "frames")
     assert cfg.teacher.decoder is not None  # every preset distils from a real teacher decoder
+
+
+def test_video_vae_wrapper_students_are_clip_students():
+    """A diffusers video-VAE wrapper (e.g. a pruned Wan decoder) sets its NCTHW layout per instance, not per class:
+    the setup check builds the student (on the meta device) to see it."""
+    pytest.importorskip("diffusers")
+    values = base()
+    values["teacher"] = {"vae": "someone/wan-vae", "latents": "wan2.1", "decoder": None}
+    values["student"] = {"name": "wan2.1-vae", "tiny": True}
+    values["loss"] = {"pixel": 1.0}
+    assert "decodes video; data.videos is empty" in error(values)

@@ -25,7 +25,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import atomic_write_text, image_grid
 from fastdecoders.latents import LatentSpace, to_01
-from fastdecoders.models import ARCHITECTURES, Decoder
+from fastdecoders.models import Decoder
 from fastdecoders.train import checkpoint as ckpt
 from fastdecoders.train import data as data_mod
 from fastdecoders.train.card import model_card
@@ -327,15 +327,15 @@ def check_student_space(student: Decoder, space: LatentSpace) -> None:
 
 def check_setup(cfg: TrainConfig) -> tuple[LatentSpace, str]:
     """Every check that needs no weights or data: latent spaces, student kind vs data, crop sizes. (space, kind)"""
-    from fastdecoders.registry import get_spec
 
     space = check_spaces(cfg.teacher, cfg.student)
     if cfg.student.name is None:  # the student is the init file's decoder: its architecture is known once read
         student = build_student(cfg.student, cfg.teacher.weights_dir, space.name)
         check_student_space(student, space)
         kind = student_kind(student)
-    else:
-        kind = student_kind(ARCHITECTURES[get_spec(cfg.student.name).arch])
+    else:  # built on the meta device (no memory, no init): wrappers of video VAEs set their layout per instance
+        with torch.device("meta"):
+            kind = student_kind(build_student(replace(cfg.student, init=None), None))
     d, f = cfg.data, space.spatial_factor
     if kind == "image" and not d.images:
         raise FastDecodersError(f"student {cfg.student.name} decodes images; data.images is empty")
