@@ -1,5 +1,5 @@
 """Pruning diffusers VAE decoders (random weights, tiny configs): narrower same-class students that take the same
-latents, exact at keep 1, saved and loaded as ``vae-decoder``; identity shortcuts that become 1x1 projections."""
+latents, exact at keep 1, saved and loaded as ``diffusers-vae``; identity shortcuts that become 1x1 projections."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 
 from fastdecoders import load_decoder, save_decoder
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.teachers import DiffusersVAEDecoder
 from fastdecoders.prune import prune
-from fastdecoders.prune.arch import VAEDecoder
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -17,25 +17,25 @@ diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def kl_teacher() -> VAEDecoder:
+def kl_teacher() -> DiffusersVAEDecoder:
     vae = diffusers.AutoencoderKL(
         block_out_channels=(16, 32, 32), norm_num_groups=8, latent_channels=4, layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
     )  # fmt: skip
-    return VAEDecoder.wrap(vae.eval(), "sdxl")
+    return DiffusersVAEDecoder.from_diffusers(vae.eval(), "sdxl")
 
 
-def wan_teacher() -> VAEDecoder:
+def wan_teacher() -> DiffusersVAEDecoder:
     vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
-    return VAEDecoder.wrap(vae.eval(), "wan2.1")
+    return DiffusersVAEDecoder.from_diffusers(vae.eval(), "wan2.1")
 
 
-def ltx_teacher() -> VAEDecoder:
+def ltx_teacher() -> DiffusersVAEDecoder:
     vae = diffusers.AutoencoderKLLTXVideo(
         latent_channels=128, block_out_channels=(8, 16, 32, 32), decoder_block_out_channels=(8, 16, 32, 32),
         layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
     )  # fmt: skip
-    return VAEDecoder.wrap(vae.eval(), "ltx-video")
+    return DiffusersVAEDecoder.from_diffusers(vae.eval(), "ltx-video")
 
 
 CASES = {
@@ -67,7 +67,7 @@ def test_pruned_student_takes_the_same_latents(family, tmp_path):
         out, ref = student(z), teacher(z)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     loaded = load_decoder(save_decoder(student, tmp_path / "student.safetensors"))
-    assert loaded.arch == "vae-decoder" and loaded.latent_space_name == teacher.latent_space_name
+    assert loaded.arch == "diffusers-vae" and loaded.latent_space_name == teacher.latent_space_name
     with torch.no_grad():
         torch.testing.assert_close(loaded(z), out)
 
@@ -85,14 +85,14 @@ def test_identity_shortcut_becomes_a_projection():
 def test_group_norm_groups_follow_the_widths():
     teacher, z = kl_teacher(), torch.randn(2, 4, 4, 4)
     result = prune(teacher, 0.25, z, multiple=1)  # widths 8, 8, 4: 8 groups no longer divide them
-    assert result.student.config.vae_config["norm_num_groups"] == 4
+    assert result.student.config.kwargs["norm_num_groups"] == 4
     assert any("GroupNorm" in n for n in result.notes)
 
 
 def test_unsupported_layouts_are_one_clear_error():
     vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, is_residual=True)
     with pytest.raises(FastDecodersError, match="Wan 2.2"):
-        prune(VAEDecoder.wrap(vae, "wan2.1"), 0.5, torch.randn(1, 16, 1, 2, 2))
+        prune(DiffusersVAEDecoder.from_diffusers(vae, "wan2.1"), 0.5, torch.randn(1, 16, 1, 2, 2))
     with pytest.raises(FastDecodersError, match="TAE decoders and diffusers"):
         prune(torch.nn.Conv2d(4, 4, 1), 0.5, torch.randn(1, 4, 2, 2))
 

@@ -9,8 +9,8 @@ import torch
 from fastdecoders import load_decoder, save_decoder
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models import TAEConfig, TAEDecoder
+from fastdecoders.models.teachers import DiffusersVAEDecoder
 from fastdecoders.prune import prune
-from fastdecoders.prune.arch import VAEDecoder
 from fastdecoders.prune.ops import (
     CausalSepConv3d,
     FrameConv2d,
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def wan_case():
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1).eval()
-    teacher = VAEDecoder.wrap(vae, "wan2.1")
+    teacher = DiffusersVAEDecoder.from_diffusers(vae, "wan2.1")
     z = torch.randn(1, 16, 4, 4, 4)
     pruned = prune(teacher, (1, 0.5, 0.25, 0.25), z, multiple=4).student
     student = swap_operators(pruned, sep3d_stages=(0, 1), frame2d_stages=(2, 3))
@@ -87,7 +87,7 @@ def test_ltx_swaps_keep_shape_and_load(tmp_path):
         latent_channels=128, block_out_channels=(8, 16, 32, 32), decoder_block_out_channels=(8, 16, 32, 32),
         layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
     )  # fmt: skip
-    teacher = VAEDecoder.wrap(vae.eval(), "ltx-video")
+    teacher = DiffusersVAEDecoder.from_diffusers(vae.eval(), "ltx-video")
     z = torch.randn(1, 128, 2, 2, 2)
     student = swap_operators(prune(teacher, 0.5, z, multiple=4).student, sep3d_stages=(0,), frame2d_stages=(3,))
     kinds = {type(m) for m in student.vae.modules()}

@@ -11,6 +11,7 @@ pipeline. The encoder is dropped at build time: a decoder never encodes, and its
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -37,12 +38,21 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def _listify(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_listify(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class DiffusersVAEConfig:
     #: diffusers class name, one of ``SUPPORTED``.
     vae_class: str = "AutoencoderKL"
-    #: constructor kwargs as sorted (key, value) pairs (or a JSON object string); values are tuplified.
+    #: constructor kwargs as sorted (key, value) pairs (or a dict / JSON object string); values are tuplified.
     vae_config: Any = ()
+    #: operator swaps applied after building, as (module path inside the VAE, kind) with kinds from
+    #: ``fastdecoders.prune.ops`` (``fastdecoders prune`` students); a saved student rebuilds the same modules.
+    swaps: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if self.vae_class not in SUPPORTED:
@@ -56,16 +66,23 @@ class DiffusersVAEConfig:
         items = pairs.items() if isinstance(pairs, dict) else pairs
         canonical = tuple(sorted((str(k), _canonical(v)) for k, v in items))
         object.__setattr__(self, "vae_config", canonical)  # frozen: normalise once, here
+        object.__setattr__(self, "swaps", tuple((str(p), str(k)) for p, k in self.swaps))
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return dict(self.vae_config)
+        """Constructor kwargs as diffusers' ``config.json`` has them (lists: some classes concatenate them)."""
+        return {k: _listify(v) for k, v in self.vae_config}
 
     @property
     def latent_channels(self) -> int:
         kw = self.kwargs
         default = {"AutoencoderKLWan": 16, "AutoencoderKLLTXVideo": 128, "AutoencoderDC": 32}.get(self.vae_class, 4)
         return int(kw.get("z_dim", kw.get("latent_channels", default)))
+
+
+def vae_kwargs(vae: nn.Module) -> dict[str, Any]:
+    """The constructor arguments of a diffusers VAE (its ``config`` without private keys)."""
+    return {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
 
 
 class DiffusersVAEDecoder(Decoder):
@@ -80,12 +97,21 @@ class DiffusersVAEDecoder(Decoder):
             import diffusers  # lazy: importing diffusers costs seconds and most decoders never need it
 
             vae = getattr(diffusers, config.vae_class)(**config.kwargs)
+        else:  # a decode-only view of the caller's VAE: the same submodules and weights, the caller's object untouched
+            view = copy.copy(vae)
+            for table in ("_modules", "_parameters", "_buffers"):
+                setattr(view, table, dict(getattr(vae, table)))
+            vae = view
         for name in _ENCODE_ONLY:
             if getattr(vae, name, None) is not None:
                 setattr(vae, name, None)
         self.vae = vae
         # NCTHW video VAEs: an instance attribute shadows the class default of 4
         self.latent_ndim = 5 if config.vae_class in VIDEO else 4
+        if config.swaps:
+            from fastdecoders.prune.ops import apply_swaps
+
+            apply_swaps(self.vae, config.swaps)
 
     @classmethod
     def from_diffusers(cls, folder_or_vae: str | os.PathLike | nn.Module, latents: str | None) -> DiffusersVAEDecoder:
@@ -113,8 +139,7 @@ class DiffusersVAEDecoder(Decoder):
         name = type(vae).__name__
         if name not in SUPPORTED:
             raise FastDecodersError(f"expected a diffusers {' / '.join(SUPPORTED)}, got {name}")
-        kwargs = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
-        decoder = cls(DiffusersVAEConfig(name, kwargs), vae=vae)
+        decoder = cls(DiffusersVAEConfig(name, vae_kwargs(vae)), vae=vae)
         decoder.latent_space_name = latents
         decoder.registry_name = None
         return decoder.eval()

@@ -4,7 +4,7 @@
 384/192/24/12). ``--pareto 0.75,0.5,0.25`` instead prunes at each ratio with each ``--methods`` entry and writes a
 speed/quality report (``report.py``) to ``-o`` (a folder).
 
-TEACHER is a registry name or weights file (TAE decoders, saved ``vae-decoder`` students), a diffusers VAE folder
+TEACHER is a registry name or weights file (TAE decoders, saved ``diffusers-vae`` students), a diffusers VAE folder
 (``config.json`` of an AutoencoderKL / AutoencoderKLWan / AutoencoderKLLTXVideo), or ``random:SPACE`` (a diffusers VAE
 of that family's published config with random weights, e.g. ``random:wan2.1``: for structure and speed checks).
 """
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict:
     keep = parse_keep(args.keep)
     sep3d, frame2d = _stages(args.sep3d_stages), _stages(args.frame2d_stages)
     if (sep3d or frame2d) and getattr(teacher, "latent_ndim", 4) != 5:
-        raise FastDecodersError(f"expected a video teacher (Wan, LTX vae-decoder) for operator swaps, got "
+        raise FastDecodersError(f"expected a video teacher (Wan, LTX diffusers-vae) for operator swaps, got "
                                 f"{type(teacher).__name__}")  # fmt: skip
     latents, calib_note = calibration_latents(args, teacher)
     result = prune(teacher, keep, latents.to(args.device, dtype), method=args.method, fold=not args.no_fold,

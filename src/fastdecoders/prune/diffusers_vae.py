@@ -3,7 +3,7 @@ AutoencoderKLLTXVideo (LTX-Video 0.9.0 layout).
 
 Structural pruning: the student is the *same diffusers class* with narrower per-stage widths in its config
 (``block_out_channels`` / ``decoder_base_dim`` + ``dim_mult`` / ``decoder_block_out_channels``), wrapped as a
-``vae-decoder`` (``fastdecoders.prune.arch``); its weights are the teacher's, sliced and folded (``plan``).
+``diffusers-vae`` (``fastdecoders.models.teachers``); its weights are the teacher's, sliced and folded (``plan``).
 
 Coupling, per family (stages are counted latent side first, one per up block):
 
@@ -27,9 +27,11 @@ from typing import Any
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.prune.arch import SUPPORTED_VAES, VAEDecoder, VAEDecoderConfig, vae_kwargs
+from fastdecoders.models.teachers import DiffusersVAEConfig, DiffusersVAEDecoder, vae_kwargs
 from fastdecoders.prune.plan import Plan, Projection, Space, attention_rescale, chain
 
+#: the diffusers VAE classes whose decoders prune knows how to narrow
+PRUNABLE = ("AutoencoderKL", "AutoencoderKLWan", "AutoencoderKLLTXVideo")
 PREFIX = "vae.decoder."
 
 
@@ -39,31 +41,31 @@ class VAESetup:
     keep: tuple[float, ...]
     teacher_widths: tuple[int, ...]
     widths: tuple[int, ...]
-    config: VAEDecoderConfig
+    config: DiffusersVAEConfig
     notes: list[str] = field(default_factory=list)
 
-    def build_student(self, teacher: nn.Module) -> VAEDecoder:
-        student = VAEDecoder(self.config)
+    def build_student(self, teacher: nn.Module) -> DiffusersVAEDecoder:
+        student = DiffusersVAEDecoder(self.config)
         student.latent_space_name = getattr(teacher, "latent_space_name", None)
         return student
 
 
 def vae_of(decoder: nn.Module) -> nn.Module:
-    """The diffusers VAE inside ``decoder`` (a ``vae-decoder``, a wrapper with a ``.vae``, or the VAE itself)."""
+    """The diffusers VAE inside ``decoder`` (a ``diffusers-vae``, a wrapper with a ``.vae``, or the VAE itself)."""
     for candidate in (decoder, getattr(decoder, "vae", None)):
-        if candidate is not None and type(candidate).__name__ in SUPPORTED_VAES:
+        if candidate is not None and type(candidate).__name__ in PRUNABLE:
             return candidate
     raise FastDecodersError(
-        f"prune supports TAE decoders and diffusers {', '.join(SUPPORTED_VAES)} decoders; got {type(decoder).__name__}"
+        f"prune supports TAE decoders and diffusers {', '.join(PRUNABLE)} decoders; got {type(decoder).__name__}"
     )
 
 
-def as_teacher(decoder: nn.Module, latent_space: str | None = None) -> VAEDecoder:
-    """A ``vae-decoder`` around the VAE in ``decoder`` (shared weights), whose module names the plans use."""
-    if isinstance(decoder, VAEDecoder):
+def as_teacher(decoder: nn.Module, latent_space: str | None = None) -> DiffusersVAEDecoder:
+    """A ``diffusers-vae`` around the VAE in ``decoder`` (shared weights), whose module names the plans use."""
+    if isinstance(decoder, DiffusersVAEDecoder):
         return decoder
     space = latent_space or getattr(decoder, "latent_space_name", None)
-    return VAEDecoder.wrap(vae_of(decoder), space)
+    return DiffusersVAEDecoder.from_diffusers(vae_of(decoder), space)
 
 
 # Published decoder configs of each family's VAE (random weights here: structure and speed checks). AutoencoderKL:
@@ -83,18 +85,18 @@ REFERENCE_VAES: dict[str, tuple[str, dict[str, Any]]] = {
 }  # fmt: skip
 
 
-def reference_teacher(space: str) -> VAEDecoder:
-    """A ``vae-decoder`` of ``space``'s published VAE config with random weights (no encoder)."""
+def reference_teacher(space: str) -> DiffusersVAEDecoder:
+    """A ``diffusers-vae`` of ``space``'s published VAE config with random weights (no encoder)."""
     if space not in REFERENCE_VAES:
         raise FastDecodersError(f"random:{space}: known families {', '.join(REFERENCE_VAES)}")
     cls, config = REFERENCE_VAES[space]
-    decoder = VAEDecoder(VAEDecoderConfig(cls, config))
+    decoder = DiffusersVAEDecoder(DiffusersVAEConfig(cls, config))
     decoder.latent_space_name = space
     decoder.registry_name = f"random:{space}"
     return decoder
 
 
-def diffusers_folder_teacher(folder: str, latent_space: str | None) -> VAEDecoder:
+def diffusers_folder_teacher(folder: str, latent_space: str | None) -> DiffusersVAEDecoder:
     """A diffusers VAE folder (``config.json`` + weights) as a teacher; its latent space from ``latent_space`` or, for
     Wan and LTX, from the class."""
     import json
@@ -102,8 +104,8 @@ def diffusers_folder_teacher(folder: str, latent_space: str | None) -> VAEDecode
 
     config = json.loads((Path(folder) / "config.json").read_text())
     cls = config.get("_class_name")
-    if cls not in SUPPORTED_VAES:
-        raise FastDecodersError(f"{folder}/config.json is a {cls}; expected one of {', '.join(SUPPORTED_VAES)}")
+    if cls not in PRUNABLE:
+        raise FastDecodersError(f"{folder}/config.json is a {cls}; expected one of {', '.join(PRUNABLE)}")
     guess = {"AutoencoderKLWan": "wan2.1" if config.get("z_dim", 16) == 16 else "wan2.2",
              "AutoencoderKLLTXVideo": "ltx-video"}.get(cls)  # fmt: skip
     space = latent_space or guess
@@ -112,7 +114,7 @@ def diffusers_folder_teacher(folder: str, latent_space: str | None) -> VAEDecode
     import diffusers
 
     vae = getattr(diffusers, cls).from_pretrained(folder)
-    return VAEDecoder.wrap(vae, space)
+    return DiffusersVAEDecoder.from_diffusers(vae, space)
 
 
 def vae_prune_setup(vae: nn.Module, keeps: Sequence[float], multiple: int = 8) -> VAESetup:
@@ -205,7 +207,7 @@ def _kl(vae: nn.Module, keeps, multiple: int, stage_keeps: Callable) -> VAESetup
     b.params(PREFIX, conv_norm_out__weight=(stream,), conv_norm_out__bias=(stream,))
     b.plan.params[f"{PREFIX}conv_out.weight"] = (None, stream)
     config = {**vae_kwargs(vae), "block_out_channels": list(reversed(widths)), "norm_num_groups": groups}
-    return VAESetup(b.plan, per_stage, teacher, tuple(widths), VAEDecoderConfig("AutoencoderKL", config), notes)
+    return VAESetup(b.plan, per_stage, teacher, tuple(widths), DiffusersVAEConfig("AutoencoderKL", config), notes)
 
 
 def _kl_resnet(b: _Builder, p: str, resnet: nn.Module, inp: str, out: str, size: int, keep: int) -> None:
@@ -284,7 +286,7 @@ def _wan(vae: nn.Module, keeps, multiple: int, stage_keeps: Callable) -> VAESetu
         "dim_mult": [w // unit for w in reversed(widths)],
         "base_dim": 1,  # sizes only diffusers' encoder, which a decoder drops: keep it tiny
     }
-    return VAESetup(b.plan, per_stage, teacher, tuple(widths), VAEDecoderConfig("AutoencoderKLWan", config), notes)
+    return VAESetup(b.plan, per_stage, teacher, tuple(widths), DiffusersVAEConfig("AutoencoderKLWan", config), notes)
 
 
 def _wan_resnet(b: _Builder, p: str, resnet: nn.Module, inp: str, out: str, size: int, keep: int) -> None:
@@ -357,7 +359,7 @@ def _ltx(vae: nn.Module, keeps, multiple: int, stage_keeps: Callable) -> VAESetu
         # sizes only diffusers' encoder, which a decoder drops: keep it small
         "block_out_channels": [min(w, 32) for w in cfg.block_out_channels],
     }
-    config_obj = VAEDecoderConfig("AutoencoderKLLTXVideo", config)
+    config_obj = DiffusersVAEConfig("AutoencoderKLLTXVideo", config)
     return VAESetup(b.plan, per_stage, teacher, tuple(widths), config_obj, notes)
 
 

@@ -11,7 +11,7 @@ dominates each stage, then swap it for a cheaper one that keeps the decoder's ca
 
 Initialisation from the dense teacher kernel: the separable pair is the best rank-1 fit per input channel
 (``W[:, i] ≈ p_i d_iᵀ`` by SVD); the frame conv sums the temporal taps (exact for static content).
-Swaps are recorded in the ``vae-decoder`` config (``swaps``), so a saved student rebuilds the same modules.
+Swaps are recorded in the ``diffusers-vae`` config (``swaps``), so a saved student rebuilds the same modules.
 """
 
 from __future__ import annotations
@@ -192,14 +192,14 @@ def apply_swaps(vae: nn.Module, swaps: Sequence[Sequence[str]]) -> None:
 
 
 def swap_operators(decoder: nn.Module, sep3d_stages: Sequence[int] = (), frame2d_stages: Sequence[int] = ()):
-    """A copy of a ``vae-decoder`` whose resnet convs in ``sep3d_stages`` are depthwise-separable causal 3-D convs
+    """A copy of a ``diffusers-vae`` whose resnet convs in ``sep3d_stages`` are depthwise-separable causal 3-D convs
     and in ``frame2d_stages`` per-frame 2-D convs, initialised from the dense kernels; the swaps enter its config."""
     import copy
 
-    from fastdecoders.prune.arch import VAEDecoder
+    from fastdecoders.models.teachers import DiffusersVAEDecoder
 
-    if not isinstance(decoder, VAEDecoder):
-        raise FastDecodersError(f"operator swaps apply to vae-decoder students, got {type(decoder).__name__}")
+    if not isinstance(decoder, DiffusersVAEDecoder):
+        raise FastDecodersError(f"operator swaps apply to diffusers-vae students, got {type(decoder).__name__}")
     overlap = set(sep3d_stages) & set(frame2d_stages)
     if overlap:
         raise FastDecodersError(f"stages {sorted(overlap)} are asked for both sep3d and frame2d")
@@ -226,12 +226,12 @@ def swap_operators(decoder: nn.Module, sep3d_stages: Sequence[int] = (), frame2d
 
 @torch.no_grad()
 def decode_chunks(decoder: nn.Module, latents: torch.Tensor, split: Sequence[int]) -> torch.Tensor:
-    """(B, C, t, h, w) diffusion-space latents -> (B, 3, T, H, W) in [-1, 1], decoded by a Wan ``vae-decoder`` in
+    """(B, C, t, h, w) diffusion-space latents -> (B, 3, T, H, W) in [-1, 1], decoded by a Wan ``diffusers-vae`` in
     chunks of ``split`` latent frames (the first chunk one frame, as Wan's causal cache expects), carrying the
     causal-conv frame cache from chunk to chunk. Equal to whole-clip decoding when every conv is causal."""
     vae = getattr(decoder, "vae", None)
     if vae is None or not _is_wan(vae):
-        raise FastDecodersError(f"expected a Wan vae-decoder, got {type(vae or decoder).__name__}")
+        raise FastDecodersError(f"expected a Wan diffusers-vae, got {type(vae or decoder).__name__}")
     t = latents.shape[2]
     if sum(split) != t or any(n < 0 for n in split) or not split or split[0] != 1:
         raise FastDecodersError(f"expected chunk sizes >= 0 summing to {t} latent frames, 1 first, got {list(split)}")
