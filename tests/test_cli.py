@@ -8,22 +8,10 @@ import sys
 
 import pytest
 import torch
+from cli_helpers import one_error_line, run_cli
 from safetensors.torch import save_file
 
 from fastdecoders import build_decoder, save_decoder
-from fastdecoders.cli import main
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one error line, got: {err!r}"
-    return lines[0]
 
 
 @pytest.fixture

@@ -6,22 +6,10 @@ import json
 
 import pytest
 import torch
+from cli_helpers import one_error_line, run_cli
 
 from fastdecoders import build_decoder, save_decoder
-from fastdecoders.cli import main
 from fastdecoders.io import write_image, write_latents
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one error line, got: {err!r}"
-    return lines[0]
 
 
 @pytest.fixture

@@ -7,15 +7,15 @@ Latents of one input take one of two forms, decided by the latent space:
 * ``"clip"`` — (1, C, t, h, w) NCTHW with t = ``space.latent_frames(T)``: causal video spaces (Wan, LTX, …), encoded
   by a diffusers video VAE (``--vae``) or an encoder passed in from Python.
 
-Decoders come in three kinds (``decoder_kind``): ``"image"`` (NCHW, applied frame by frame), ``"temporal"``
-(takes (B·T, C, h, w) and ``num_frames``, like SVD's decoder) and ``"video"`` (``latent_ndim == 5``, NCTHW).
+Decoders come in three kinds (``fastdecoders.models.base.call_kind``): ``"image"`` (NCHW, applied frame by frame),
+``"temporal"`` (takes (B·T, C, h, w) and ``num_frames``, like SVD's decoder) and ``"video"`` (``latent_ndim == 5``,
+NCTHW).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 from collections.abc import Callable
@@ -26,15 +26,6 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import LatentSpace, to_01, to_pm1
-
-
-def decoder_kind(decoder: nn.Module) -> str:
-    if getattr(decoder, "latent_ndim", 4) == 5:
-        return "video"
-    # a temporal decoder (SVD-style) takes the clip's frames together with their count
-    if "num_frames" in inspect.signature(decoder.forward).parameters:
-        return "temporal"
-    return "image"
 
 
 def latent_form(space: LatentSpace) -> str:

@@ -27,6 +27,7 @@ from fastdecoders.eval import codec, metrics
 from fastdecoders.eval.cache import Store
 from fastdecoders.eval.data import Item, Preprocess, Sample, SkipList, discover, load
 from fastdecoders.latents import LatentSpace, get_latent_space
+from fastdecoders.models.base import call_kind
 
 PIXEL_METRICS = ("psnr", "ssim", "ms_ssim", "lpips_alex", "lpips_vgg")
 CLIP_METRICS = ("flicker",)
@@ -127,7 +128,7 @@ def _load_runs(decoders: list[str | nn.Module], config: EvalConfig) -> tuple[lis
         if space_name is None:
             raise FastDecodersError(f"{name}: the file does not say which latent space it reads; pass --latents-space")
         fingerprint = codec.module_fingerprint(decoder)
-        return Run(name, decoder, codec.decoder_kind(decoder), get_latent_space(space_name), fingerprint, role)
+        return Run(name, decoder, call_kind(decoder), get_latent_space(space_name), fingerprint, role)
 
     runs = [make(d, "decoder") for d in decoders]
     teacher = None

@@ -36,6 +36,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import LATENT_SPACES, LatentSpace, frames_to_video, get_latent_space, video_to_frames
 from fastdecoders.models import Decoder, DecoderOutput
+from fastdecoders.models.base import call_kind
 from fastdecoders.registry import get_spec, list_decoders
 from fastdecoders.weights import load_decoder
 
@@ -132,15 +133,6 @@ def _decoders_for(space: LatentSpace) -> list[str]:
 # -- the adapter ------------------------------------------------------------------------------------------------------
 
 
-def _decoder_kind(decoder: nn.Module) -> str:
-    """How the decoder is called: "video" (NCTHW clips), "temporal" (frames + ``num_frames``, like SVD's) or "image"."""
-    if getattr(decoder, "latent_ndim", 4) == 5:
-        return "video"
-    if "num_frames" in inspect.signature(decoder.forward).parameters:
-        return "temporal"
-    return "image"
-
-
 def _name(decoder: nn.Module) -> str:
     return getattr(decoder, "registry_name", None) or type(decoder).__name__
 
@@ -178,7 +170,7 @@ class DiffusersVAEAdapter(nn.Module):
             raise FastDecodersError(f"{_name(decoder)} does not say which latent space it decodes; pass latents=")
         self.decoder_space = get_latent_space(declared)
         self.latent_space = self._check_compatible(vae, pipeline_name)
-        self._kind = _decoder_kind(decoder)
+        self._kind = call_kind(decoder)
         self._check_layout()
         # the positional parameters of the original decode (LTX: temb, SVD: num_frames, KL: return_dict, generator)
         self._decode_params = list(inspect.signature(vae.decode).parameters)[1:]

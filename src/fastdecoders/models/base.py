@@ -12,6 +12,7 @@ except ``TemporalTAEDecoder`` which, like SVD's decoder, takes (B·T, C, h, w) p
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,6 +25,16 @@ class DecoderOutput:
     """Mirror of ``diffusers``' ``DecoderOutput``: ``sample`` is RGB in [-1, 1]."""
 
     sample: torch.Tensor
+
+
+def call_kind(decoder: nn.Module) -> str:
+    """How a decoder is called: ``"video"`` (NCTHW clips), ``"temporal"`` ((B·T, C, h, w) frames plus ``num_frames``,
+    like SVD's temporal decoder) or ``"image"`` (NCHW; video is decoded frame by frame)."""
+    if getattr(decoder, "latent_ndim", 4) == 5:
+        return "video"
+    if "num_frames" in inspect.signature(decoder.forward).parameters:
+        return "temporal"
+    return "image"
 
 
 class Decoder(nn.Module):
