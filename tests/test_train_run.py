@@ -8,7 +8,10 @@ import copy
 import json
 import math
 import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,6 +171,40 @@ def test_crash_then_resume_gives_bit_identical_weights_without_running_the_encod
     # the logs read like an unbroken run's (rows after the checkpoint were written again, not twice)
     assert (out / "val_log.csv").read_text().splitlines()[0] == (ref_out / "val_log.csv").read_text().splitlines()[0]
     assert [r.split(",")[0] for r in (out / "train_log.csv").read_text().splitlines()[1:]] == ["2", "4", "6"]
+
+
+KILLED_RUN = """
+import json, os, signal, sys
+import torch
+from fastdecoders.train.config import config_from_dict
+from fastdecoders.train.data import Batches
+from fastdecoders.train.loop import train
+
+torch.set_num_threads(1)
+original = Batches.batch
+
+def batch(self, step):
+    if step == 5:  # no exception and no clean-up: the process is gone, as if the machine had died
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, step)
+
+Batches.batch = batch
+train(config_from_dict(json.loads(sys.argv[1])), sys.argv[2])
+"""
+
+
+def test_sigkill_mid_run_then_resume_gives_bit_identical_weights(reference, root):
+    """A real kill (SIGKILL in a child process, between two checkpoints), then ``--resume``: the unbroken run's
+    weights, bit for bit."""
+    values, _, ref_result, _ = reference
+    out = root / "killed"
+    child = subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps(values), str(out)], capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [3]
+    code = main(["train", str(out / "config.yaml"), "-o", str(out), "--resume", "--json"])
+    assert code == 0
+    assert json.loads((out / "result.json").read_text())["weights_sha256"] == ref_result["weights_sha256"]
 
 
 def _free_port() -> int:
