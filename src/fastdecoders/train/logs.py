@@ -82,16 +82,24 @@ class RunLog:
             return
         line = f"step {step}: {text}"
         self.notes.append(line)
+        self._say(line)
+
+    def _say(self, line: str) -> None:
+        """A line on stderr that does not break the progress bar."""
         (self.bar.write if self.bar is not None and not self.bar.disable else print)(line, file=sys.stderr)
+
+    def _record(self, kind: str, step: int, values: dict[str, float]) -> None:
+        """A row of ``{kind}_log.csv`` and the ``{kind}/...`` TensorBoard scalars."""
+        self._row(f"{kind}_log.csv", {"step": step, **{k: round(v, 6) for k, v in values.items()}})
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(f"{kind}/{key}", value, step)
 
     def step(self, step: int, values: dict[str, float]) -> None:
         """A training row: step, lr, loss terms, images/s."""
         if not self.enabled:
             return
-        self._row("train_log.csv", {"step": step, **{k: round(v, 6) for k, v in values.items()}})
-        if self.tb is not None:
-            for key, value in values.items():
-                self.tb.add_scalar(f"train/{key}", value, step)
+        self._record("train", step, values)
         if self.bar is not None and not self.bar.disable:
             self.bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{values['images_per_s']:.1f}", refresh=False)
         else:
@@ -105,13 +113,8 @@ class RunLog:
     def val(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._row("val_log.csv", {"step": step, **{k: round(v, 6) for k, v in values.items()}})
-        if self.tb is not None:
-            for key, value in values.items():
-                self.tb.add_scalar(f"val/{key}", value, step)
-        text = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
-        (self.bar.write if self.bar is not None and not self.bar.disable else print)(f"val @ {step}: {text}",
-                                                                                    file=sys.stderr)  # fmt: skip
+        self._record("val", step, values)
+        self._say(f"val @ {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
     def grid(self, step: int, grid01: torch.Tensor) -> Path | None:
         """Write a sample grid ((3, H, W) in [0, 1]) as OUT/samples/step_NNNNNNN.png and to TensorBoard."""
