@@ -16,7 +16,6 @@ Swaps are recorded in the ``diffusers-vae`` config (``swaps``), so a saved stude
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
@@ -259,25 +258,12 @@ def decode_chunks(decoder: nn.Module, latents: torch.Tensor, split: Sequence[int
 # -- timing and profiling --------------------------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
 def time_decode(decoder: nn.Module, latents: torch.Tensor, warmup: int = 1, iters: int = 3) -> float:
     """Median milliseconds of ``decoder(latents)``, synchronised (GPU work finishes inside the timed region)."""
-    device = latents.device
-    for _ in range(warmup):
-        decoder(latents)
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        decoder(latents)
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
+    from fastdecoders.bench.timing import default_sync, time_fn
+
+    return time_fn(lambda: decoder(latents), warmup=warmup, runs=iters, sync=default_sync(latents.device)).ms_median
 
 
 def default_stages(decoder: nn.Module) -> dict[str, list[str]]:
@@ -315,10 +301,13 @@ def profile_stages(
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from fastdecoders.bench.timing import default_sync
+
     stages = stages or default_stages(decoder)
     device = latents.device
+    sync = default_sync(device)
     decoder(latents)  # warm-up (cuDNN autotuning, lazy init)
-    _sync(device)
+    sync()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with ExitStack() as stack:
         open_ranges: dict[str, list[Any]] = {}
@@ -329,7 +318,7 @@ def profile_stages(
                 stack.callback(module.register_forward_hook(_leave(stage, open_ranges)).remove)
         with profile(activities=activities) as prof:
             decoder(latents)
-            _sync(device)
+            sync()
     return _summarise(prof.events(), list(stages), device.type == "cuda", top)
 
 
