@@ -46,6 +46,9 @@ class LatentSpace:
     tae_encoder: str | None = None
     #: a caveat a user should read (e.g. per-checkpoint statistics, unverified relations).
     note: str = ""
+    #: (temporal, spatial) patch of the token packing the diffusers pipeline keeps its latents in during sampling
+    #: ((B, tokens, C·pt·p·p); Flux: (1, 2), LTX: (1, 1)); None when they stay in ``layout``. See ``unpack_tokens``.
+    pipeline_packing: tuple[int, int] | None = None
 
     @property
     def is_video(self) -> bool:
@@ -159,6 +162,27 @@ def video_to_frames(video: torch.Tensor) -> torch.Tensor:
     return ncthw_to_ntchw(video).flatten(0, 1)
 
 
+def unpack_tokens(
+    tokens: torch.Tensor, height: int, width: int, packing: tuple[int, int], frames: int | None = None
+) -> torch.Tensor:
+    """A pipeline's packed latents (B, tokens, C·pt·p·p) -> (B, C, height, width), or (B, C, frames, height, width)
+    when ``frames`` is given; ``height``/``width``/``frames`` count latent cells, ``packing`` = (pt, p). The token
+    order is diffusers' (FluxPipeline/LTXPipeline ``_pack_latents``): frame, row, column; features C, pt, p, p."""
+    pt, p = packing
+    t = 1 if frames is None else frames
+    cells = (t // pt) * (height // p) * (width // p)
+    uneven = t % pt or height % p or width % p
+    if tokens.ndim != 3 or tokens.shape[1] != cells or tokens.shape[2] % (pt * p * p) or uneven:
+        raise FastDecodersError(
+            f"packed latents: expected (B, {cells}, C·{pt * p * p}) tokens for {t}x{height}x{width} latent cells, "
+            f"got {tuple(tokens.shape)}"
+        )
+    b = tokens.shape[0]
+    x = tokens.reshape(b, t // pt, height // p, width // p, -1, pt, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7)
+    video = x.reshape(b, x.shape[1], t, height, width)
+    return video if frames is not None else video[:, :, 0]
+
+
 # -- the families ---------------------------------------------------------------------------------------------------
 
 # Wan 2.1: diffusers AutoencoderKLWan defaults == Wan-AI/Wan2.1-T2V-1.3B-Diffusers vae/config.json.
@@ -192,7 +216,8 @@ LATENT_SPACES: dict[str, LatentSpace] = {
                     vae_hub_id="stabilityai/stable-diffusion-3-medium-diffusers", tae_encoder="taesd3_encoder"),
         # black-forest-labs/FLUX.1-dev vae/config.json: 16 ch, scaling 0.3611, shift 0.1159.
         LatentSpace("flux1", "FLUX.1 (also HiDream, Z-Image)", 16, 8, scaling_factor=0.3611, shift_factor=0.1159,
-                    vae_hub_id="black-forest-labs/FLUX.1-dev", tae_encoder="taef1_encoder"),
+                    vae_hub_id="black-forest-labs/FLUX.1-dev", tae_encoder="taef1_encoder",
+                    pipeline_packing=(1, 2)),
         # diffusers AutoencoderKLFlux2: 32 ch at f8; the Flux2 pipeline patchifies 2x2 and normalises with the VAE's
         # BatchNorm running stats itself, then calls vae.decode with the raw 32-ch latent.
         LatentSpace("flux2", "FLUX.2", 32, 8, vae_class="AutoencoderKLFlux2",
@@ -215,7 +240,7 @@ LATENT_SPACES: dict[str, LatentSpace] = {
         # AutoencoderKLLTXVideo: 128 ch, patch_size 4 x three spatio-temporal x2 stages -> f32 spatial, x8 temporal;
         # latents_mean/std are buffers stored in each checkpoint (the pipeline reads vae.latents_mean/std).
         LatentSpace("ltx-video", "LTX-Video 0.9.x", 128, 32, temporal_factor=8, layout="NCTHW",
-                    vae_class="AutoencoderKLLTXVideo", vae_hub_id="Lightricks/LTX-Video",
+                    vae_class="AutoencoderKLLTXVideo", vae_hub_id="Lightricks/LTX-Video", pipeline_packing=(1, 1),
                     note="latents_mean/std live in each checkpoint's buffers; pass them as mean=/std= "
                          "(the diffusers adapter reads them from the pipeline's VAE)"),
         # hunyuanvideo-community/HunyuanVideo vae/config.json: 16 ch, scaling 0.476986, f8, x4 temporal.
