@@ -1,7 +1,8 @@
 """Training data: photos and video clips, a fixed validation split, a latent cache, and random crops from it.
 
-The teacher's encoder runs once per item, when the cache is built; training epochs only read the cache. Per item the
-cache holds (sharded safetensors, ``shard_items`` items per file, each shard written atomically):
+The teacher's encoder runs once per item, when the cache is built; training epochs only read the cache. The cache is
+a folder of latents shards (``fastdecoders.shards``, the format ``fastdecoders encode`` writes; ``shard_items``
+items per file, each shard written atomically). Per item it holds:
 
 * ``pixels``: the (resized) image, (3, H, W) uint8, or a clip, (T, 3, H, W) uint8;
 * ``latents``: (C, H/f, W/f) float32, or (t, C, h, w) for a clip (NTCHW: frames first);
@@ -29,16 +30,16 @@ from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
-    atomic_path,
     crop_to_multiple,
     list_images,
     read_image,
     read_video,
 )
 from fastdecoders.latents import LatentSpace, to_01
+from fastdecoders.shards import Shard, read_shard, write_shard
 from fastdecoders.train.config import DataConfig
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: latents shards (fastdecoders.shards)
 
 
 # -- sources and the split ------------------------------------------------------------------------------------------
@@ -236,8 +237,10 @@ def _encode_item(pixels: torch.Tensor, teacher, flips: bool, teacher_outputs: bo
 
 def build_cache(folder: Path, sources: dict[str, list[Source]], cfg: DataConfig, teacher, flips: bool,
                 teacher_outputs: bool, progress: bool = True) -> None:  # fmt: skip
-    """Encode every source into shards under ``folder``; shards already there (an interrupted build) are kept."""
-    from safetensors.torch import save_file
+    """Encode every source into shards under ``folder``; shards already there (an interrupted build) are kept.
+
+    The shards are latents shards (``fastdecoders.shards``): ``latents`` plus ``pixels``/``latents_flip``/
+    ``teacher``/``teacher_flip`` per item (pictures of different sizes are padded, their shapes recorded)."""
     from tqdm import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -250,46 +253,54 @@ def build_cache(folder: Path, sources: dict[str, list[Source]], cfg: DataConfig,
             if path.is_file():
                 bar.update(len(chunk))
                 continue
-            tensors, entries, skipped = {}, [], []
+            tensors, names, entries, skipped = [], [], [], []
             for source in chunk:
                 prepared = prepare(source, cfg, teacher.space, split)
                 if not prepared:
                     skipped.append(source.name)
                 for clip, pixels in enumerate(prepared):
                     done = _encode_item(pixels, teacher, flips, teacher_outputs, split == "val")
-                    key = str(len(entries))
-                    entries.append({"name": source.name + (f"#{clip}" if source.kind == "video" else ""),
-                                    "metrics": done.pop("metrics", None)})  # fmt: skip
-                    tensors.update({f"{key}.{k}": v.contiguous() for k, v in done.items() if v is not None})
+                    names.append(source.name + (f"#{clip}" if source.kind == "video" else ""))
+                    entries.append({"metrics": done.pop("metrics", None)})
+                    tensors.append({k: v for k, v in done.items() if v is not None})
                 bar.update(1)
-            with atomic_path(path) as tmp:
-                save_file(tensors, str(tmp), metadata={"entries": json.dumps(entries), "skipped": json.dumps(skipped)})
+            write_shard(path, Shard.from_items(tensors, names, latent_space=teacher.space.name,
+                                               encoder=teacher.description, items=entries,
+                                               extra={"split": split, "skipped": skipped}))  # fmt: skip
     bar.close()
 
 
 def load_split(folder: Path, split: str) -> tuple[Split, list[str], list[list[float]]]:
     """(items, skipped source names, per-item teacher [psnr frames, ssim frames]) of one split's shards."""
-    from safetensors import safe_open
+    paths, shard = [], 0
+    while (path := _shard_path(folder, split, shard)).is_file():
+        paths.append(path)
+        shard += 1
+    return read_split(paths)
 
+
+def read_split(paths: list[Path]) -> tuple[Split, list[str], list[list[float]]]:
+    """Training items from latents shards: the cache's own, or shards written by ``fastdecoders encode --pixels``
+    (they need ``pixels``; the other tensors are optional). Returns (items, skipped sources, teacher metrics)."""
     data, skipped, metrics = Split(), [], []
     lists: dict[str, list[torch.Tensor]] = {"latents_flip": [], "teacher": [], "teacher_flip": []}
-    shard = 0
-    while (path := _shard_path(folder, split, shard)).is_file():
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-            entries = json.loads(meta["entries"])
-            skipped += json.loads(meta["skipped"])
-            keys = set(f.keys())
-            for i, entry in enumerate(entries):
-                data.names.append(entry["name"])
-                data.pixels.append(f.get_tensor(f"{i}.pixels"))
-                data.latents.append(f.get_tensor(f"{i}.latents"))
-                for name, values in lists.items():
-                    if f"{i}.{name}" in keys:
-                        values.append(f.get_tensor(f"{i}.{name}"))
-                if entry["metrics"] is not None:
-                    metrics.append(entry["metrics"])
-        shard += 1
+    for path in paths:
+        shard = read_shard(path)
+        skipped += shard.extra.get("skipped", [])
+        if len(shard) and "pixels" not in shard.tensors:
+            raise FastDecodersError(f"{path}: training needs the pictures too; write the shards with "
+                                    "'fastdecoders encode --pixels'")  # fmt: skip
+        for i in range(len(shard)):
+            item = shard.item(i)
+            data.names.append(shard.ids[i])
+            data.pixels.append(item["pixels"])
+            data.latents.append(item["latents"])
+            for name, values in lists.items():
+                if name in item:
+                    values.append(item[name])
+            entry = shard.items[i] if shard.items is not None else {}
+            if entry.get("metrics") is not None:
+                metrics.append(entry["metrics"])
     for name, values in lists.items():
         # a list is kept only when every item has the tensor (all or none are written)
         setattr(data, name, values if values and len(values) == len(data) else None)
