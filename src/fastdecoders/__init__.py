@@ -26,6 +26,13 @@ def use(pipe, decoder, **kwargs):
     return _use(pipe, decoder, **kwargs)
 
 
+def preview(pipe, decoder="linear", **kwargs):
+    """Live previews while ``pipe`` samples: a ``callback_on_step_end`` (see ``fastdecoders.previews.preview``)."""
+    from fastdecoders.previews import preview as _preview
+
+    return _preview(pipe, decoder, **kwargs)
+
+
 __all__ = [
     "LATENT_SPACES",
     "Decoder",
@@ -43,6 +50,7 @@ __all__ = [
     "load_decoder",
     "load_encoder",
     "optimize",
+    "preview",
     "register",
     "save_decoder",
     "use",
