@@ -129,8 +129,7 @@ class Preview:
         if step % self.every == 0 or last:
             if "latents" not in callback_kwargs:
                 raise FastDecodersError(
-                    "preview: needs 'latents' in callback_on_step_end_tensor_inputs, got "
-                    f"{sorted(callback_kwargs)}"
+                    f"preview: needs 'latents' in callback_on_step_end_tensor_inputs, got {sorted(callback_kwargs)}"
                 )
             latents = callback_kwargs["latents"]
             images = self._decode(latents)
