@@ -46,6 +46,13 @@ class LatentSpace:
     tae_encoder: str | None = None
     #: a caveat a user should read (e.g. per-checkpoint statistics, unverified relations).
     note: str = ""
+    #: latent frames the VAE decodes as one unit, each with its own first-frame arithmetic (MiniMax H3: 5); None:
+    #: the whole clip is one unit.
+    frame_chunk: int | None = None
+    #: latent frames the VAE's encoder drops from the end of a clip (MiniMax H3: 3 of its last 17-frame chunk).
+    tail_latents: int = 0
+    #: CogVideoX: an even latent frame count decodes to ``temporal_factor·t`` frames (the first frame is not special).
+    even_clips_uncut: bool = False
     #: (temporal, spatial) patch of the token packing the diffusers pipeline keeps its latents in during sampling
     #: ((B, tokens, C·pt·p·p); Flux: (1, 2), LTX: (1, 1)); None when they stay in ``layout``. See ``unpack_tokens``.
     pipeline_packing: tuple[int, int] | None = None
@@ -61,19 +68,62 @@ class LatentSpace:
 
     # -- frame arithmetic -------------------------------------------------------------------------------------------
 
+    def frames_dropped(self, latent_frames: int) -> int:
+        """Frames the VAE does not emit at the start of each decoded unit, out of ``temporal_factor`` per latent frame.
+
+        Frame-per-latent-frame decoders (TAEHV) make ``temporal_factor`` frames of every latent frame and drop this many
+        at the start of each unit: ``temporal_factor − 1`` for causal VAEs (their first latent frame is one frame),
+        none for CogVideoX clips of an even latent count, none for image and frame-wise spaces.
+        """
+        if not self.is_causal or (self.even_clips_uncut and latent_frames % 2 == 0):
+            return 0
+        return self.temporal_factor - 1
+
+    def frame_rule(self) -> str:
+        """The valid latent frame counts and what they decode to, in words (for error messages and docs)."""
+        k = self.temporal_factor
+        if not self.is_causal:
+            return "any t >= 1 latent frames, one frame each"
+        if self.frame_chunk:
+            c, d = self.frame_chunk, self.tail_latents
+            return (f"t = {c}·n − {d} latent frames (units of {c}, the last {d} dropped by the encoder), "
+                    f"each unit {c * k - (k - 1)} frames")
+        if self.even_clips_uncut:
+            return f"t latent frames decode to {k}·t frames for even t, 1 + {k}·(t − 1) for odd t"
+        return f"t >= 1 latent frames decode to 1 + {k}·(t − 1) frames"
+
+    def check_latent_frames(self, latent_frames: int) -> None:
+        """One clear error (naming the rule) for a latent frame count this space's VAE never makes."""
+        bad = latent_frames < 1
+        if self.frame_chunk and not bad:
+            bad = (latent_frames + self.tail_latents) % self.frame_chunk != 0
+        if bad:
+            raise FastDecodersError(f"{self.name}: {latent_frames} latent frames; expected {self.frame_rule()}")
+
     def pixel_frames(self, latent_frames: int) -> int:
-        """Pixel frames decoded from ``latent_frames`` (Wan: 1 + 4·(t − 1))."""
-        if latent_frames < 1:
-            raise FastDecodersError(f"{self.name}: need at least 1 latent frame, got {latent_frames}")
-        return 1 + self.temporal_factor * (latent_frames - 1) if self.is_causal else latent_frames
+        """Pixel frames decoded from ``latent_frames`` (Wan: 1 + 4·(t − 1); CogVideoX: 4·t for even t)."""
+        self.check_latent_frames(latent_frames)
+        if not self.is_causal:
+            return latent_frames
+        k, drop = self.temporal_factor, self.frames_dropped(latent_frames)
+        unit = self.frame_chunk or latent_frames
+        full, rest = divmod(latent_frames, unit)
+        return full * (unit * k - drop) + (rest * k - drop if rest else 0)
 
     def latent_frames(self, pixel_frames: int) -> int:
-        """Latent frames that encode ``pixel_frames``; those must be 1 + k·temporal_factor for causal VAEs."""
-        if pixel_frames < 1 or (self.is_causal and (pixel_frames - 1) % self.temporal_factor):
-            raise FastDecodersError(
-                f"{self.name}: pixel frame count must be 1 + {self.temporal_factor}·k, got {pixel_frames}"
-            )
-        return 1 + (pixel_frames - 1) // self.temporal_factor if self.is_causal else pixel_frames
+        """Latent frames that decode to ``pixel_frames`` (the inverse of ``pixel_frames``; one error if none does)."""
+        if self.is_causal:
+            for t in range(1, pixel_frames + 1):  # pixel_frames grows with t: stop at the first count past it
+                if self.frame_chunk and (t + self.tail_latents) % self.frame_chunk:
+                    continue
+                if self.pixel_frames(t) >= pixel_frames:
+                    if self.pixel_frames(t) == pixel_frames:
+                        return t
+                    break
+        elif pixel_frames >= 1:
+            return pixel_frames
+        rule = self.frame_rule()
+        raise FastDecodersError(f"{self.name}: no latent frame count decodes to {pixel_frames} frames; {rule}")
 
     def pixel_size(self, latent_height: int, latent_width: int) -> tuple[int, int]:
         return latent_height * self.spatial_factor, latent_width * self.spatial_factor
@@ -248,9 +298,39 @@ LATENT_SPACES: dict[str, LatentSpace] = {
                     scaling_factor=0.476986, vae_class="AutoencoderKLHunyuanVideo",
                     vae_hub_id="hunyuanvideo-community/HunyuanVideo"),
         # THUDM/CogVideoX-2b vae/config.json: 16 ch, scaling 1.15258426, x4 temporal (CogVideoX-5b uses 0.7).
+        # Its frame arithmetic: CogVideoXUpsample3D (diffusers) keeps the first frame apart only when a decoded batch
+        # has an odd frame count; AutoencoderKLCogVideoX._decode batches latents in twos (the first takes the odd one).
         LatentSpace("cogvideox", "CogVideoX-2b", 16, 8, temporal_factor=4, layout="NCTHW",
                     scaling_factor=1.15258426, vae_class="AutoencoderKLCogVideoX", vae_hub_id="THUDM/CogVideoX-2b",
+                    even_clips_uncut=True,
                     note="CogVideoX-5b checkpoints use scaling_factor 0.7; the adapter reads the pipeline's value"),
+        # diffusers AutoencoderKLHunyuanVideo15 defaults: latent_channels 32, spatial_compression_ratio 16,
+        # temporal_compression_ratio 4, scaling_factor 1.03682 (the pipeline divides by it before vae.decode).
+        LatentSpace("hunyuan-video-1.5", "HunyuanVideo 1.5", 32, 16, temporal_factor=4, layout="NCTHW",
+                    scaling_factor=1.03682, vae_class="AutoencoderKLHunyuanVideo15",
+                    vae_hub_id="hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_t2v"),
+        # hpcaitech/Open-Sora configs/opensora-v1-3/inference/*.py: vae OpenSoraVAE_V1_3, z_channels=16,
+        # micro_frame_size=17 (4x temporal, 8x spatial, causal). No diffusers class.
+        LatentSpace("opensora-1.3", "Open-Sora 1.3", 16, 8, temporal_factor=4, layout="NCTHW",
+                    vae_class="OpenSoraVAE_V1_3", vae_hub_id="hpcai-tech/OpenSora-VAE-v1.3",
+                    note="Open-Sora normalises latents with its own 'video' statistics (opensora/models/vae); "
+                         "they are not reproduced here, so latents are taken as the diffusion model's"),
+        # diffusers AutoencoderKLLTX2Video: latent_channels 128, patch_size 4 x three spatio-temporal x2 stages
+        # (f32, x8 in time); latents_mean/std are persistent buffers of each checkpoint, as for LTX-Video.
+        LatentSpace("ltx-2", "LTX-2 (taeltx2_3: LTX-2.3)", 128, 32, temporal_factor=8, layout="NCTHW",
+                    vae_class="AutoencoderKLLTX2Video", vae_hub_id="Lightricks/LTX-2",
+                    note="latents_mean/std live in each checkpoint's buffers (the diffusers adapter reads them)"),
+        # diffusers AutoencoderKLQwenImage: Wan 2.1's VAE layout and its latents_mean/std defaults; the pipeline decodes
+        # (B, 16, 1, h, w) single-frame clips.
+        LatentSpace("qwen-image", "Qwen-Image", 16, 8, temporal_factor=4, layout="NCTHW",
+                    latents_mean=_WAN21_MEAN, latents_std=_WAN21_STD, vae_class="AutoencoderKLQwenImage",
+                    vae_hub_id="Qwen/Qwen-Image"),
+        # diffusers AutoencoderKLMiniMaxH3: latent_channels 24, spatial factors (2,2,2,2,1,1) = 16, temporal
+        # (1,2,2,1,1,1) = 4, clip_length 17 (3 leading pad frames -> 5 latents each), token_drop 3; per-checkpoint
+        # mean/std.
+        LatentSpace("minimax-h3", "MiniMax H3", 24, 16, temporal_factor=4, layout="NCTHW",
+                    vae_class="AutoencoderKLMiniMaxH3", frame_chunk=5, tail_latents=3,
+                    note="latents_mean/std are per checkpoint (config defaults 0/1); the adapter reads the pipeline's"),
         # mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers config.json: 32 ch, f32, scaling 0.41407.
         LatentSpace("sana", "Sana (DC-AE f32c32)", 32, 32, scaling_factor=0.41407, vae_class="AutoencoderDC",
                     vae_hub_id="mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers"),
