@@ -66,7 +66,9 @@ def _guard(what: str, bands: Bands, fn: Callable[[], Any]) -> Any:
                                 f"(a peer died or timed out): {first[:200]}") from None  # fmt: skip
 
 
-def exchange_halo(x: torch.Tensor, before: int, after: int, dim: int, bands: Bands) -> tuple[torch.Tensor, torch.Tensor]:
+def exchange_halo(
+    x: torch.Tensor, before: int, after: int, dim: int, bands: Bands
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(the last ``before`` rows of the previous band, the first ``after`` rows of the next band) along ``dim``; zeros
     where there is no neighbour (the image border), as a convolution's zero padding would see.
 
@@ -125,4 +127,4 @@ def gather_bands(x: torch.Tensor, dim: int, bands: Bands, dst: int | None = None
                lambda: dist.gather(padded, parts, dst=bands.peer(dst), group=bands.group))  # fmt: skip
         if parts is None:
             return None
-    return torch.cat([part.narrow(dim, 0, size) for part, size in zip(parts, sizes)], dim=dim)
+    return torch.cat([part.narrow(dim, 0, size) for part, size in zip(parts, sizes, strict=True)], dim=dim)

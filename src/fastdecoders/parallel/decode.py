@@ -37,8 +37,10 @@ def init_process_group(device: str | torch.device = "cpu", timeout_s: float = 60
     waits on a peer that died or hangs. Returns (rank, world size)."""
     if not dist.is_initialized():
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-            raise FastDecodersError("--parallel: expected to run under torchrun (RANK and WORLD_SIZE set), got neither; "
-                                    "launch with `torchrun --nproc-per-node N -m fastdecoders decode ... --parallel`")  # fmt: skip
+            raise FastDecodersError(
+                "--parallel: expected to run under torchrun (RANK and WORLD_SIZE set), got neither; launch with "
+                "`torchrun --nproc-per-node N -m fastdecoders decode ... --parallel`"
+            )
         cuda = torch.device(device).type == "cuda"
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

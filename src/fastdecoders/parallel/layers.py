@@ -1,5 +1,5 @@
-"""Exact row-band forms of the layers of GroupNorm/attention decoders (diffusers ``AutoencoderKL``, ``AutoencoderKLWan``,
-and the TAE family), patched in for the duration of one decode (``band_layers``).
+"""Exact row-band forms of the layers of GroupNorm/attention decoders (diffusers ``AutoencoderKL`` and
+``AutoencoderKLWan``, and the TAE family), patched in for the duration of one decode (``band_layers``).
 
 Each rank runs the unchanged decoder on its band of rows; only the layers whose output at a row depends on other rows
 change:
@@ -42,15 +42,15 @@ def _diffusers_classes() -> dict[str, type]:
         from diffusers.models import attention_processor, resnet, upsampling
         from diffusers.models.autoencoders import autoencoder_kl, autoencoder_kl_wan, vae
 
+        wan = ("AutoencoderKLWan", "WanDecoder3d", "WanResidualBlock", "WanRMS_norm", "WanMidBlock", "WanUpBlock",
+               "WanResidualUpBlock", "WanResample", "DupUp3D", "WanCausalConv3d", "WanAttentionBlock")  # fmt: skip
         for module, names in (
             (attention_processor, ("Attention",)),
             (resnet, ("ResnetBlock2D",)),
             (upsampling, ("Upsample2D",)),
             (autoencoder_kl, ("AutoencoderKL",)),
             (vae, ("Decoder",)),
-            (autoencoder_kl_wan, ("AutoencoderKLWan", "WanDecoder3d", "WanResidualBlock", "WanRMS_norm", "WanMidBlock",
-                                  "WanUpBlock", "WanResidualUpBlock", "WanResample", "DupUp3D", "WanCausalConv3d",
-                                  "WanAttentionBlock")),  # fmt: skip
+            (autoencoder_kl_wan, wan),
         ):
             found.update({name: getattr(module, name) for name in names if hasattr(module, name)})
         from diffusers.models.unets import unet_2d_blocks
