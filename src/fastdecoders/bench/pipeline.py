@@ -17,7 +17,6 @@ Two methods:
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -257,11 +256,10 @@ def run_pipeline(
     progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Time pipeline ``name`` with its own decoder and with ``decoder`` (default: ours for that family)."""
-    from tqdm import tqdm
-
     import fastdecoders
     from fastdecoders.bench.speed import check_device, device_name, parse_dtype
     from fastdecoders.bench.timing import default_sync
+    from fastdecoders.progress import progress as show_progress
 
     check_pipeline(name)
     dev = check_device(device)
@@ -279,7 +277,7 @@ def run_pipeline(
     plan = [2] if not full else sorted(set(steps))
     work = [(who, n) for n in plan for who in ("teacher", "ours")]
     results: dict[tuple[str, int], list[PipelineRun]] = {}
-    bar = tqdm(work, desc=f"pipeline {name}", unit="config", file=sys.stderr, disable=None if progress else True)
+    bar = show_progress(work, desc=f"pipeline {name}", unit="config", enabled=progress)
     for who, n in bar:
         bar.set_postfix_str(f"{who} {n} steps")
         swap = fastdecoders.use(pipe, ours) if who == "ours" else None

@@ -10,7 +10,6 @@ Cells that cannot run here (CUDA graphs on a CPU, a backend that fails to build)
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,9 +311,8 @@ def _sizes_per_decoder(decoders: dict[str, nn.Module], grid: Grid) -> tuple[dict
 def run_grid(grid: Grid, progress: bool = True, peaks: dict[str, float] | None = None) -> tuple[list[dict], list[dict]]:
     """Measure every grid cell: (rows, skipped cells with a reason). Teachers are added unless ``grid.teacher`` is
     False. ``peaks`` (from ``flops.device_peak``) adds each row's fraction of the measured matmul peak."""
-    from tqdm import tqdm
-
     from fastdecoders.bench.flops import peak_tflops
+    from fastdecoders.progress import progress as show_progress
 
     device = check_device(grid.device)
     check_backends(grid.backends)
@@ -334,7 +332,7 @@ def run_grid(grid: Grid, progress: bool = True, peaks: dict[str, float] | None =
     rows: list[dict] = []
     flops_cache: dict[tuple[str, str], int] = {}
     loaded: dict[tuple[str, str], nn.Module] = {}
-    bar = tqdm(cells, desc="bench", unit="cell", file=sys.stderr, disable=None if progress else True)
+    bar = show_progress(cells, desc="bench", unit="cell", enabled=progress)
     for name, size, dtype_name, backend in bar:
         bar.set_postfix_str(f"{name} {size} {dtype_name} {backend}")
         cell = {"decoder": name, "shape": str(size), "dtype": dtype_name, "backend": backend}

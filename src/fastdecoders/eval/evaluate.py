@@ -12,7 +12,6 @@ only decodes again what it shows in the report, so an interrupted run resumes wh
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.eval import codec, metrics
@@ -28,6 +26,7 @@ from fastdecoders.eval.cache import Store
 from fastdecoders.eval.data import Item, Preprocess, Sample, SkipList, discover, load
 from fastdecoders.latents import LatentSpace, get_latent_space
 from fastdecoders.models.base import call_kind
+from fastdecoders.progress import progress
 
 PIXEL_METRICS = ("psnr", "ssim", "ms_ssim", "lpips_alex", "lpips_vgg")
 CLIP_METRICS = ("flicker",)
@@ -558,7 +557,7 @@ def evaluate(decoders: list[str | nn.Module], config: EvalConfig, encoders: dict
             runner.encoder(run.space)
     unit = {"images": "img", "videos": "clip", "latents": "latent"}[config.kind]
     with torch.inference_mode():
-        bar = tqdm(items, desc="eval", unit=unit, file=sys.stderr, disable=not config.progress, dynamic_ncols=True)
+        bar = progress(items, desc="eval", unit=unit, enabled=config.progress)
         for item in bar:
             try:
                 runner.process(item)

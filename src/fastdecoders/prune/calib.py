@@ -11,6 +11,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import center_crop_resize, list_images, read_image, read_latents
 from fastdecoders.latents import get_latent_space, to_pm1
+from fastdecoders.progress import progress
 
 
 def load_photos(folder: str | os.PathLike, count: int | None, size: int, skip: int = 0) -> torch.Tensor:
@@ -33,7 +34,8 @@ def encode_photos(
     if space.tae_encoder is None:
         raise FastDecodersError(f"{space.name} has no tiny encoder here; pass --calib-latents (a latents file)")
     encoder = load_encoder(space.tae_encoder, weights_dir, device=device)
-    chunks = [encoder(to_pm1(c.to(device))).cpu() for c in images01.split(batch_size)]
+    batches = progress(images01.split(batch_size), desc="encode photos", unit="batch")
+    chunks = [encoder(to_pm1(c.to(device))).cpu() for c in batches]
     return torch.cat(chunks)
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models import Decoder, TAEDecoder
+from fastdecoders.progress import progress
 from fastdecoders.prune.plan import METHODS, Plan, Stats, calibrate, choose, student_state
 from fastdecoders.prune.plan import refine as refine_layers
 from fastdecoders.weights import load_strict
@@ -149,5 +150,5 @@ def decoder_parameters(decoder: nn.Module) -> int:
 @torch.no_grad()
 def _feed(decoder: nn.Module, latents: torch.Tensor, batch_size: int) -> None:
     param = next(decoder.parameters())
-    for chunk in latents.split(batch_size):
+    for chunk in progress(latents.split(batch_size), desc="calibrate", unit="batch"):
         decoder(chunk.to(param.device, param.dtype))

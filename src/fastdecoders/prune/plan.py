@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.progress import progress
 from fastdecoders.prune.select import (
     GramStats,
     consumer_metric,
@@ -214,7 +215,7 @@ def choose(
         raise FastDecodersError(f"method {method!r} needs calibration statistics")
     consumers = plan.consumers()
     selection = {}
-    for name, space in plan.spaces.items():
+    for name, space in progress(plan.spaces.items(), total=len(plan.spaces), desc=f"select ({method})", unit="space"):
         if space.keep == space.size:
             selection[name] = torch.arange(space.size)
             continue

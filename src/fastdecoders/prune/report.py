@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.progress import progress
 from fastdecoders.prune.plan import METHODS
 
 
@@ -142,8 +143,10 @@ def pareto(
         }  # fmt: skip
 
     stats = None
+    bar = progress(total=len(keeps) * len(variants) + len(extra or {}), desc="pareto", unit="student")
     for keep in keeps:
         for v in variants:
+            bar.set_postfix_str(f"keep {keep:g} {v.label}")
             result = prune(teacher, keep, calib, method=v.method, fold=v.fold, multiple=multiple,
                            batch_size=batch_size, stats=stats)  # fmt: skip
             stats = result.stats or stats
@@ -155,9 +158,12 @@ def pareto(
                                           extra={"keep": [keep], "method": v.method, "fold": v.fold})  # fmt: skip
             points.append(measure(v.label, student, keep=keep, method=v.method, fold=v.fold,
                                   widths=list(result.student_widths), checkpoint=checkpoint))  # fmt: skip
+            bar.update()
     for label, student in (extra or {}).items():
         points.append(measure(label, student.eval(), keep=None, method="extra", fold=None, widths=None,
                               checkpoint=None))  # fmt: skip
+        bar.update()
+    bar.close()
     return {
         "teacher": {
             "name": getattr(teacher, "registry_name", None),

@@ -241,11 +241,11 @@ def build_cache(folder: Path, sources: dict[str, list[Source]], cfg: DataConfig,
 
     The shards are latents shards (``fastdecoders.shards``): ``latents`` plus ``pixels``/``latents_flip``/
     ``teacher``/``teacher_flip`` per item (pictures of different sizes are padded, their shapes recorded)."""
-    from tqdm import tqdm
+    from fastdecoders.progress import progress as show_progress
 
     folder.mkdir(parents=True, exist_ok=True)
     total = sum(len(v) for v in sources.values())
-    bar = tqdm(total=total, desc="caching latents", unit="file", disable=None if progress else True)
+    bar = show_progress(total=total, desc="caching latents", unit="file", enabled=progress)
     for split, items in sources.items():
         for shard, start in enumerate(range(0, len(items), cfg.shard_items)):
             path = _shard_path(folder, split, shard)
