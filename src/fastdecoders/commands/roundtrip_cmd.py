@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
 from fastdecoders.commands import add_device, add_weights_dir, format_table
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.io import center_crop_resize, crop_to_multiple, image_grid, list_images, read_image, write_image
+from fastdecoders.io import center_crop_resize, crop_to_multiple, list_images, read_image, to_uint8, write_image
 from fastdecoders.latents import get_latent_space
+from fastdecoders.progress import progress
 from fastdecoders.quality import roundtrip
 from fastdecoders.weights import load_decoder, load_encoder
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
     paths = list_images(args.images) if args.images else sample_photo_paths()
     paths = paths[: args.limit] if args.limit else paths
     rows, cells = [], []
-    for path in tqdm(paths, desc=f"roundtrip {args.decoder}", unit="img", disable=None):  # no bar unless a TTY
+    for path in progress(paths, desc=f"roundtrip {args.decoder}", unit="img"):
         image = read_image(path)
         image = center_crop_resize(image, args.size, space.spatial_factor) if args.size else crop_to_multiple(
             image, space.spatial_factor)  # fmt: skip
@@ -64,21 +65,34 @@ def run(args: argparse.Namespace) -> dict:
         rows.append({"path": str(path), "psnr": float(psnr(decoded[None], image[None])[0]),
                      "ssim": float(ssim(decoded[None], image[None])[0])})  # fmt: skip
         cells.append([image, decoded])
-    grid = write_image(_grid(cells), args.out)
+    grid = write_image(_grid(cells, [r["psnr"] for r in rows]), args.out)
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("psnr", "ssim")}
     return {"decoder": str(args.decoder), "encoder": space.tae_encoder, "mean": mean, "images": rows,
             "grid": str(grid)}  # fmt: skip
 
 
-def _grid(pairs: list[list[torch.Tensor]], height: int = 256) -> torch.Tensor:
-    """Rows of (original | decoded), each scaled to a common height and width for display."""
-    resized = []
-    for original, decoded in pairs:
+def _grid(pairs: list[list[torch.Tensor]], psnrs: list[float], height: int = 256, pad: int = 4) -> torch.Tensor:
+    """(3, H, W) in [0, 1]: one row per photo, ``original | decoded`` scaled to ``height`` with their aspect ratio
+    kept (rows of narrower photos end early on white), each cell labelled above, the decoded one with its PSNR."""
+    from PIL import Image, ImageDraw
+
+    label_h = 14  # Pillow's default bitmap font is about 11 px high
+    cells = []
+    for (original, decoded), value in zip(pairs, psnrs, strict=True):
         w = max(8, round(original.shape[-1] * height / original.shape[-2]))
-        resized.append([torch.nn.functional.interpolate(t[None], size=(height, w), mode="area")[0]
-                        for t in (original, decoded)])  # fmt: skip
-    width = min(r[0].shape[-1] for r in resized)
-    return image_grid([[t[..., :width] for t in r] for r in resized])
+        scaled = [torch.nn.functional.interpolate(t[None].float(), size=(height, w), mode="area")[0]
+                  for t in (original, decoded)]  # fmt: skip
+        cells.append(list(zip(scaled, ("original", f"decoded  PSNR {value:.2f} dB"), strict=True)))
+    row_w = [sum(t.shape[-1] for t, _ in row) + pad * (len(row) - 1) for row in cells]
+    canvas = Image.new("RGB", (max(row_w), len(cells) * (height + label_h + pad) - pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, row in enumerate(cells):
+        x, y = 0, i * (height + label_h + pad)
+        for image, label in row:
+            draw.text((x + 2, y + 1), label, fill="black")
+            canvas.paste(Image.fromarray(to_uint8(image.clamp(0, 1))), (x, y + label_h))
+            x += image.shape[-1] + pad
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
 
 
 def render(result: dict) -> str:
