@@ -14,6 +14,7 @@ from fastdecoders.commands import add_device, add_weights_dir
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import read_latents, write_image, write_video
 from fastdecoders.latents import get_latent_space, ncthw_to_ntchw, ntchw_to_ncthw, to_01
+from fastdecoders.parallel import cli as parallel_cli
 from fastdecoders.tiling import decode_tiled, parse_tile
 from fastdecoders.weights import load_decoder
 
@@ -32,9 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="budget for --tile auto (default: 80%% of free CUDA memory, 50%% of RAM)")  # fmt: skip
     add_weights_dir(parser)
     add_device(parser)
+    parallel_cli.add_arguments(parser)  # --parallel: under torchrun, one decode split across the ranks
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.parallel:
+        return parallel_cli.run(args)
     tile = parse_tile(str(args.tile))
     if args.max_memory_mb is not None and args.max_memory_mb <= 0:
         raise FastDecodersError(f"--max-memory-mb: expected a positive number, got {args.max_memory_mb}")
