@@ -51,8 +51,6 @@ def pipeline_latent_space(pipe: Any, latents: str | None = None) -> LatentSpace:
 
 def resolve_preview_decoder(decoder: str | nn.Module, space: LatentSpace, **load_kwargs: Any) -> nn.Module:
     """``"linear"`` (the shipped linear preview), a linear-preview ``.json``, a decoder name/path, or a module."""
-    from fastdecoders.integrations.diffusers import same_latents
-
     if isinstance(decoder, str) and decoder == "linear":
         return load_linear_preview(space)
     if isinstance(decoder, nn.Module):
@@ -60,21 +58,29 @@ def resolve_preview_decoder(decoder: str | nn.Module, space: LatentSpace, **load
     elif str(decoder).endswith(".json"):
         module = LinearPreview.load(decoder)
     else:
+        from fastdecoders.registry import get_spec, is_registered
         from fastdecoders.weights import load_decoder
 
+        if is_registered(str(decoder)):  # a wrong family fails before any weights are looked for
+            _check_family(str(decoder), get_spec(str(decoder)).latents, space)
         module = load_decoder(decoder, **load_kwargs)
-    declared = getattr(module, "latent_space_name", None)
-    if declared is not None and not same_latents(get_latent_space(declared), space):
-        raise FastDecodersError(
-            f"preview: {getattr(module, 'registry_name', None) or type(module).__name__} decodes {declared} latents, "
-            f"but the pipeline makes {space.name} latents"
-        )
+    name = getattr(module, "registry_name", None) or type(module).__name__
+    _check_family(name, getattr(module, "latent_space_name", None), space)
     channels = getattr(module, "latent_channels", space.channels)
     if channels != space.channels:
         raise FastDecodersError(
             f"preview: the decoder takes {channels}-channel latents; {space.name} latents have {space.channels}"
         )
     return module.eval()
+
+
+def _check_family(name: str, declared: str | None, space: LatentSpace) -> None:
+    from fastdecoders.integrations.diffusers import same_latents
+
+    if declared is not None and not same_latents(get_latent_space(declared), space):
+        raise FastDecodersError(
+            f"preview: {name} decodes {declared} latents, but the pipeline makes {space.name} latents"
+        )
 
 
 class Preview:
@@ -191,14 +197,12 @@ class Preview:
         if space.is_video and frames is None:
             raise FastDecodersError(f"preview: {space.name} latents arrive packed; pass num_frames=, height=, width=")
         cells = tokens.shape[1] * p * p * pt // (frames or 1)
-        if height is None or width is None:  # the pipeline's default size, else a square
-            default = getattr(self.pipe, "default_sample_size", None)
-            side = default * p if default and (default // p) ** 2 * p * p == cells else round(cells**0.5)
-            if side * side != cells:
+        if height is None or width is None:  # square unless told (the pipelines' default size is square)
+            h = w = round(cells**0.5)
+            if h * w != cells:
                 raise FastDecodersError(
                     f"preview: {tokens.shape[1]} packed tokens are not a square; pass height= and width= (pixels)"
                 )
-            h = w = side
         else:
             f = space.spatial_factor
             h, w = height // (f * p) * p, width // (f * p) * p

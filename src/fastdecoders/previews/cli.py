@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(taesd, taesdxl, taesd3, taef1, taef2, a trained student)",
     )
     fit.add_argument("--images", required=True, help="folder of photos to fit on")
-    fit.add_argument("--eval-images", help="held-out photos for the reported PSNR (default: every 5th of --images)")
+    fit.add_argument(
+        "--eval-images", help="held-out photos for the reported PSNR (when not given: every 5th of --images)"
+    )
     fit.add_argument("-o", "--output", required=True, help="the linear-preview JSON file to write")
     fit.add_argument("--latents", help="latent space, when the VAE does not say (sd1, sdxl, ...)")
     fit.add_argument("--size", type=int, default=256, help="square centre-crop size of each photo (pixels)")

@@ -62,25 +62,30 @@ def resolve_codec(vae: str, latents: str | None = None, weights_dir: str | os.Pa
 
 def _diffusers_codec(folder: str, latents: str | None) -> Codec:
     """A diffusers AutoencoderKL folder: its encoder's mode, normalised with the checkpoint's own scale/shift."""
-    from fastdecoders.models.teachers import load_diffusers_vae
+    import json
 
-    decoder = load_diffusers_vae(folder, latents)
-    vae = decoder.vae
-    name = latents or decoder.latent_space_name
+    import diffusers
+
+    from fastdecoders.integrations.diffusers import vae_latent_spaces
+    from fastdecoders.models.teachers import DiffusersVAEDecoder, vae_folder
+
+    found = vae_folder(folder)
+    class_name = json.loads((found / "config.json").read_text()).get("_class_name")
+    if class_name != "AutoencoderKL":
+        raise FastDecodersError(f"preview fit takes an image AutoencoderKL folder, got a {class_name}")
+    vae = diffusers.AutoencoderKL.from_pretrained(found).eval()
+    spaces = vae_latent_spaces(vae)
+    name = latents or (spaces[0].name if len(spaces) == 1 else None)
     if name is None:
         raise FastDecodersError(f"cannot tell which latent space {folder} makes; pass --latents")
     space = get_latent_space(name)
-    if type(vae).__name__ != "AutoencoderKL":
-        raise FastDecodersError(f"preview fit takes an image AutoencoderKL folder, got a {type(vae).__name__}")
-    # the decode-only view dropped the encoder; load the full VAE once more for encoding
-    import diffusers
-
-    full = diffusers.AutoencoderKL.from_pretrained(Path(folder) / "vae" if (Path(folder) / "vae").is_dir() else folder)
-    scale, shift = full.config.get("scaling_factor") or 1.0, full.config.get("shift_factor") or 0.0
-    decoder.latent_space_name = space.name
+    scale, shift = vae.config.get("scaling_factor") or 1.0, vae.config.get("shift_factor") or 0.0
+    # decode through the teacher wrapper with the checkpoint's own scale/shift (not the registry's)
+    decoder = DiffusersVAEDecoder.from_diffusers(vae, name)
+    decoder.raw_latents = lambda z: z / scale + shift
 
     def encode(images: torch.Tensor) -> torch.Tensor:
-        return (full.encode(images).latent_dist.mode() - shift) * scale
+        return (vae.encode(images).latent_dist.mode() - shift) * scale
 
     return Codec(str(folder), space, encode, decoder, f"{folder} (its own encoder)")
 
