@@ -26,6 +26,13 @@ def use(pipe, decoder, **kwargs):
     return _use(pipe, decoder, **kwargs)
 
 
+def switch(light, heavy, gate, threshold=None, **kwargs):
+    """A light/heavy decoder pair routed per item by a gate (see ``fastdecoders.switching.switch``, docs/switch.md)."""
+    from fastdecoders.switching import switch as _switch
+
+    return _switch(light, heavy, gate, threshold, **kwargs)
+
+
 def preview(pipe, decoder="linear", **kwargs):
     """Live previews while ``pipe`` samples: a ``callback_on_step_end`` (see ``fastdecoders.previews.preview``)."""
     from fastdecoders.previews import preview as _preview
@@ -53,5 +60,6 @@ __all__ = [
     "preview",
     "register",
     "save_decoder",
+    "switch",
     "use",
 ]

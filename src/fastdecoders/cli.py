@@ -25,17 +25,29 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("fastdecoders.eval.cli", "quality on real images/videos: PSNR, SSIM, LPIPS, FID, flicker"),
     "train": ("fastdecoders.train.cli", "distil a student decoder from a teacher (YAML config)"),
     "prune": ("fastdecoders.prune.cli", "independence-aware channel pruning of an existing decoder"),
+    "switch": ("fastdecoders.switching.cli", "fit a light/heavy decoder switch (a gate routing each item)"),
     "preview": ("fastdecoders.previews.cli", "fit a linear latent->RGB preview for a VAE (preview fit)"),
 }
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The full parser; only ``verb``'s module is imported (the others stay unloaded, so the CLI starts fast)."""
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` only where it says something: not for None/False defaults, not where the help text
+    already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
     parser = argparse.ArgumentParser(prog="fastdecoders", description="Fast drop-in decoders for latent diffusion.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, (module_name, help_text) in VERBS.items():
         verb_parser = sub.add_parser(
-            name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+            name, help=help_text, description=help_text, formatter_class=_HelpFormatter
         )
         verb_parser.add_argument("--json", action="store_true", help="print exactly one JSON document on stdout")
         verb_parser.set_defaults(module=module_name)

@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "image decoders and TxHxW to video decoders")  # fmt: skip
     parser.add_argument("--batch", type=int, default=1, help="batch size")
     parser.add_argument("--frames", type=int, default=3, help="latent frames of video decoders for sizes without T")
-    parser.add_argument("--dtype", type=_names, default=None, help="fp32, fp16, bf16 (comma list); default: fp16 on "
-                        "CUDA, fp32 on CPU")  # fmt: skip
+    parser.add_argument("--dtype", type=_names, default=None, help="fp32, fp16, bf16 (comma list; float32, float16, "
+                        "bfloat16 are accepted too); default: fp16 on CUDA, fp32 on CPU")  # fmt: skip
     parser.add_argument("--backend", type=_names, default=["eager"],
                         help="eager, channels_last, compile, cuda-graphs (comma list; those that do not apply here "
                              "are skipped with the reason)")  # fmt: skip

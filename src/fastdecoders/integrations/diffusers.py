@@ -454,4 +454,8 @@ def use(pipe: Any, decoder: str | Decoder, *, latents: str | None = None, **load
             stacklevel=2,
         )
     adapter = DiffusersVAEAdapter(vae, loaded, latents=latents, pipeline_name=type(pipe).__name__)
+    if getattr(loaded, "arch", None) == "switch" and loaded.heavy is None:  # a switch whose heavy is the pipeline's VAE
+        from fastdecoders.switching.core import PipelineVAE
+
+        loaded.bind_heavy(PipelineVAE(vae, adapter._space, adapter._mean, adapter._std))
     return DecoderSwap(pipe, adapter, previous)

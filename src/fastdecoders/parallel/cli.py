@@ -72,6 +72,6 @@ def run(args: argparse.Namespace) -> dict:
                     paths.append(str(write_image(to_01(image)[0], path)))
     seconds = time.perf_counter() - started
     dist.destroy_process_group()
-    return {"decoder": getattr(decoder, "registry_name", None) or "file", "outputs": paths, "rank": rank,
+    return {"decoder": str(args.decoder), "outputs": paths, "rank": rank,
             "world": world, "mode": mode, "latent_rows_per_rank": list(split_rows(latents.shape[-2], world)),
             "seconds": round(seconds, 3)}  # fmt: skip

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     calib.add_argument("--calib-count", type=int, default=32, help="photos (or random latents) to calibrate on")
     calib.add_argument("--calib-size", type=int, default=256, help="photo side in pixels")
     calib.add_argument("--calib-frames", type=int, default=3, help="latent frames of random video latents")
-    calib.add_argument("--batch-size", type=int, default=4)
+    calib.add_argument("--batch-size", type=int, default=4, help="latents per forward pass while calibrating and "
+                       "evaluating (lower it to save memory)")  # fmt: skip
     ops = parser.add_argument_group("dominant-operator swaps (video decoders)")
     ops.add_argument("--sep3d-stages", default=None, help="stages whose resnet convs become depthwise-separable "
                      "causal 3-D convs, e.g. 0,1")  # fmt: skip
@@ -71,8 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="selection methods to compare; magnitude slices, the others fold; a +fold / -nofold suffix overrides",
     )
     pareto.add_argument("--eval-images", default=None, help="held-out photos for quality (image decoders)")
-    pareto.add_argument("--eval-count", type=int, default=24)
-    pareto.add_argument("--eval-size", type=int, default=256)
+    pareto.add_argument("--eval-count", type=int, default=24, help="held-out photos used for the PSNR")
+    pareto.add_argument("--eval-size", type=int, default=256, help="side in pixels the held-out photos are resized "
+                        "and centre-cropped to")  # fmt: skip
     pareto.add_argument("--bench-size", type=int, default=None, help="pixel side of the timed decode (default: "
                         "eval size for images; 128 px with --calib-frames latent frames for video)")  # fmt: skip
     pareto.add_argument("--runs", type=int, default=5, help="timed decodes per model (the fastest is reported)")
