@@ -54,13 +54,13 @@ def curves(ev: Collected, scores: dict[str, torch.Tensor], seeds: int = 200) -> 
     ``seeds`` random choices)."""
     n = ev.deficit.numel()
     out: dict = {"fraction": [k / n for k in range(n + 1)]}
+    metrics = (("psnr", ev.light_psnr, ev.heavy_psnr), ("ssim", ev.light_ssim, ev.heavy_ssim))
     for name, s in scores.items():
-        out[name] = {m: [routed_mean(top_k_mask(s, k), lo, hi) for k in range(n + 1)]
-                     for m, lo, hi in (("psnr", ev.light_psnr, ev.heavy_psnr), ("ssim", ev.light_ssim, ev.heavy_ssim))}  # fmt: skip
+        out[name] = {m: [routed_mean(top_k_mask(s, k), lo, hi) for k in range(n + 1)] for m, lo, hi in metrics}
     gen = torch.Generator().manual_seed(0)
     perms = [torch.randperm(n, generator=gen) for _ in range(seeds)]
     out["random"] = {}
-    for m, lo, hi in (("psnr", ev.light_psnr, ev.heavy_psnr), ("ssim", ev.light_ssim, ev.heavy_ssim)):
+    for m, lo, hi in metrics:
         vals = []
         for k in range(n + 1):
             ms = []
@@ -105,9 +105,9 @@ def main() -> None:
     ev = cached_collect(args, light, heavy, args.eval_images, point, "eval")
     fit_idx, held_idx = split_holdout(fit.deficit.numel(), 0.2)
 
+    items = {"fit": int(fit_idx.numel()), "held_back": int(held_idx.numel()), "eval": int(ev.deficit.numel())}
     result: dict = {"light": args.light, "heavy": args.heavy, "size": args.size, "fit_images": args.fit_images,
-                    "eval_images": args.eval_images, "items": {"fit": int(fit_idx.numel()),
-                    "held_back": int(held_idx.numel()), "eval": int(ev.deficit.numel())}, "budget": args.budget}  # fmt: skip
+                    "eval_images": args.eval_images, "items": items, "budget": args.budget}  # fmt: skip
     # oracle: routes by the true deficit against heavy (what the gate learns); oracle-gain: by the true PSNR gain
     # against the photo (needs labels: the upper bound of any router)
     scores, switches = {"oracle": ev.deficit, "oracle-gain": ev.heavy_psnr - ev.light_psnr}, {}
@@ -179,10 +179,11 @@ def main() -> None:
                 + f * table["heavy"]
         return table["gate-latent"] + (1 - f) * table["light"] + f * table["heavy"]
 
-    ms_table = {**ms, "light-head": ms["light-head"]}
+    f20 = k20 / n
     result["compute_at_budget"] = {
-        kind: {"flops_per_item": cost(kind, k20 / n, flops), "flops_ratio_vs_heavy": flops["heavy"] / cost(kind, k20 / n, flops),
-               "ms_per_item": cost(kind, k20 / n, ms_table), "speedup_vs_heavy": ms["heavy"] / cost(kind, k20 / n, ms_table)}
+        kind: {"flops_per_item": cost(kind, f20, flops),
+               "flops_ratio_vs_heavy": flops["heavy"] / cost(kind, f20, flops),
+               "ms_per_item": cost(kind, f20, ms), "speedup_vs_heavy": ms["heavy"] / cost(kind, f20, ms)}
         for kind in ("latent", "features")
     }  # fmt: skip
     for kind in ("latent", "features"):

@@ -60,4 +60,6 @@ def parse_floor(text: str) -> tuple[float, float]:
         value = float(frac.rstrip("%")) / (100 if frac.endswith("%") else 1)
         return value, float(db)
     except ValueError:
-        raise FastDecodersError(f"--floor: expected FRACTION@DB like 0.95@1 (95% of items within 1 dB), got {text!r}")
+        raise FastDecodersError(
+            f"--floor: expected FRACTION@DB like 0.95@1 (95% of items within 1 dB), got {text!r}"
+        ) from None

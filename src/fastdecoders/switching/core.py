@@ -3,7 +3,7 @@
 ``SwitchDecoder(z)`` scores every item of the batch with the gate and decodes the items scoring above
 ``threshold`` with the heavy decoder, the others with the light one: each output is exactly what that decoder
 returns for the sub-batch routed to it (bit for bit), in the batch's order, and a sub-batch that is empty is never
-decoded. Video latents (NCTHW, causal decoders) are routed per temporal chunk instead (``fastdecoders.switching.video``).
+decoded. Video latents (NCTHW, causal decoders) are routed per temporal chunk (``fastdecoders.switching.video``).
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ def collect(light: Decoder, heavy: Decoder, latents: torch.Tensor, photos01: tor
             point: str | None = None, batch_size: int = 4, show: bool = True) -> Collected:  # fmt: skip
     """Run both decoders on (N, C, h, w) latents, batch by batch, keeping only the gate inputs and per-item scores.
 
-    ``photos01`` (N, 3, H, W) in [0, 1]: also each decoder's PSNR and SSIM against the photo (for quality floors and reports).
+    ``photos01`` (N, 3, H, W) in [0, 1]: also each decoder's PSNR and SSIM against the photo (quality floors,
+    reports).
     ``point``: keep the light decoder's features there (a "features" gate).
     """
     from fastdecoders.eval.metrics import ssim
@@ -70,8 +71,8 @@ def collect(light: Decoder, heavy: Decoder, latents: torch.Tensor, photos01: tor
     return Collected(latents, cat(feats), torch.cat(deficit).float(), cat(lp), cat(hp), point, cat(ls), cat(hs))
 
 
-def train_gate(inputs: torch.Tensor, targets: torch.Tensor, kind: str = "latent", epochs: int = 300,
-               lr: float = 2e-3, seed: int = 0, width: int = 32, hidden: int = 32, show: bool = True) -> Gate:  # fmt: skip
+def train_gate(inputs: torch.Tensor, targets: torch.Tensor, kind: str = "latent", epochs: int = 300, lr: float = 2e-3,
+               seed: int = 0, width: int = 32, hidden: int = 32, show: bool = True) -> Gate:  # fmt: skip
     """A gate fitted to predict ``targets`` (N,) from ``inputs`` (N, C, h, w): Huber loss on standardised targets,
     full-batch AdamW, random horizontal/vertical flips of the inputs (a mirrored latent has about the same deficit)."""
     if inputs.shape[0] < 2:
@@ -183,9 +184,9 @@ def fit_switch(light: Decoder, heavy: Decoder, latents: torch.Tensor, photos01: 
         lp, hp = data.light_psnr[held_idx], data.heavy_psnr[held_idx]
         routed = torch.where(mask, hp, lp)
         gap = float((hp - lp).mean())
+        recovered = float((routed - lp).mean()) / gap if gap > 0 else math.nan
         report["held_back_psnr"] = {"light": float(lp.mean()), "heavy": float(hp.mean()),
-                                    "switch": float(routed.mean()),
-                                    "gap_recovered": float((routed - lp).mean()) / gap if gap > 0 else math.nan}  # fmt: skip
+                                    "switch": float(routed.mean()), "gap_recovered": recovered}  # fmt: skip
         if floor is not None:
             report["held_back_within_floor"] = within_floor(mask, lp, hp, floor[1])
     report["flops"] = gate_flops(sw, latents[:1])
