@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastdecoders.errors import FastDecodersError, require_finite
 from fastdecoders.latents import to_01, to_pm1
 
 
@@ -13,12 +14,49 @@ def half_size(image: torch.Tensor) -> torch.Tensor:
     return nn.functional.avg_pool2d(image[None], 2)[0]
 
 
+#: side (pixels) of the crop on which the encoder's memory per pixel is measured
+ENCODER_PROBE = 64
+
+
+def check_encoder_fits(encoder: nn.Module, images: torch.Tensor, max_memory_bytes: int | None = None) -> None:
+    """One clear error, before encoding, when ``encoder(images)`` ((N, 3, H, W) in [-1, 1]) would not fit the budget
+    (default: the same share of free memory that automatic tiling plans with). The encoder is not tiled; measured on
+    a small crop (cheap upper estimate first, then the measured peak), linear in area."""
+    from fastdecoders.tiling import AUTO_BUDGET_FRACTION, measure_peak_bytes, memory_budget, rough_peak_bytes
+
+    device = images.device
+    budget = max_memory_bytes or int(AUTO_BUDGET_FRACTION.get(device.type, 0.5) * memory_budget(device))
+    probe = images[:1, :, :ENCODER_PROBE, :ENCODER_PROBE]
+    scale = images.shape[0] * images.shape[-2] * images.shape[-1] / (probe.shape[-2] * probe.shape[-1])
+    for measure in (lambda fn: rough_peak_bytes(fn, encoder), lambda fn: measure_peak_bytes(fn, device)):
+        peak = measure(lambda: encoder(probe))[0] * scale
+        if peak <= budget:
+            return
+    h, w = images.shape[-2:]
+    raise FastDecodersError(f"encoding a {w}x{h} photo needs about {peak / 1e9:.1f} GB, more than the "
+                            f"{budget / 1e9:.1f} GB budget (the encoder is not tiled): resize it first "
+                            f"(roundtrip --size N)")  # fmt: skip
+
+
 @torch.inference_mode()
-def roundtrip(decoder: nn.Module, encoder: nn.Module, image01: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) photo in [0, 1] -> its (3, H, W) reconstruction in [0, 1] (H, W multiples of the latent factor)."""
+def roundtrip(
+    decoder: nn.Module, encoder: nn.Module, image01: torch.Tensor, max_memory_bytes: int | None = None
+) -> torch.Tensor:
+    """(3, H, W) photo in [0, 1] -> its (3, H, W) reconstruction in [0, 1] (H, W multiples of the latent factor).
+
+    The decode is tiled automatically like ``fastdecoders decode`` (``decode_tiled(tile="auto")``) within
+    ``max_memory_bytes`` (default: a share of free memory); a photo too large to encode is one clear error, and so is
+    a non-finite decoder output.
+    """
+    from fastdecoders.tiling import decode_tiled
+
     param = next(decoder.parameters())
-    latents = encoder(to_pm1(image01)[None].to(param.device, param.dtype))
-    return to_01(decoder(latents).float())[0].cpu()
+    images = to_pm1(image01)[None].to(param.device, param.dtype)
+    check_encoder_fits(encoder, images, max_memory_bytes)
+    latents = encoder(images)
+    decoded, _ = decode_tiled(decoder, latents, tile="auto", max_memory_bytes=max_memory_bytes)
+    require_finite(decoded, f"{getattr(decoder, 'registry_name', None) or 'the decoder'}'s output")
+    return to_01(decoded.float())[0].cpu()
 
 
 def roundtrip_scores(decoder: nn.Module, encoder: nn.Module, images01: list[torch.Tensor]) -> dict[str, float]:

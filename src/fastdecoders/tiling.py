@@ -142,9 +142,9 @@ def memory_budget(device: torch.device | str) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    import psutil
+    from fastdecoders.io import available_memory  # psutil is optional
 
-    return int(psutil.virtual_memory().available)
+    return available_memory()
 
 
 #: per decoder: {(kind, device, dtype): (peak bytes per latent pixel, output elements per latent pixel)}
@@ -180,6 +180,8 @@ class TileReport:
     fits: bool = True
     retries: int = 0
     tiles_per_image: int = 1
+    #: bytes of the decoded output itself, which every plan holds whole (None: not measured).
+    output_bytes: int | None = None
     #: what happened while decoding (out-of-memory retries).
     events: list[str] = field(default_factory=list)
 
@@ -392,6 +394,7 @@ def _plan(decoder: torch.nn.Module, job: _Job, tile: int | str | None, overlap: 
                            estimated_untiled_bytes=untiled)  # fmt: skip
     bpl, out_per_px = _probe(decoder, job)
     report.budget_bytes, report.bytes_per_latent_pixel = budget, bpl
+    report.output_bytes = int(out_per_px * n * (x.shape[2] if x.ndim == 5 else 1) * h * w * elt)
     report.estimated_untiled_bytes = _estimate(job, bpl, out_per_px, n, None, None, 0, elt)
 
     def finish(batch: int, frames: int | None, core: int | None, fits: bool) -> TileReport:
@@ -543,6 +546,12 @@ def decode_tiled(
     """
     job = _job(decoder, latents, num_frames)
     plan = _plan(decoder, job, tile, overlap, max_memory_bytes, frames_per_chunk)
+    if tile in (None, "auto") and not plan.fits and (plan.output_bytes or 0) > (plan.budget_bytes or 0):
+        raise FastDecodersError(
+            f"latents of shape {tuple(latents.shape)} decode to {plan.output_bytes / 1e9:.2f} GB of pixels, more than "
+            f"the {plan.budget_bytes / 1e9:.2f} GB memory budget; tiles cannot help (the output is held whole): "
+            f"decode fewer or smaller latents, or raise the budget (--max-memory-mb)"
+        )
     with torch.no_grad():
         while True:
             try:

@@ -255,7 +255,12 @@ def _decoder_from_header(header: dict[str, Any], source: str) -> Decoder:
 def _load_file(path: Path) -> Decoder:
     state, metadata = read_state_dict(path)
     if METADATA_KEY in metadata:
-        decoder = _decoder_from_header(json.loads(metadata[METADATA_KEY]), str(path))
+        header = json.loads(metadata[METADATA_KEY])
+        if header.get("arch") == "switch":  # a dynamic switch: a gate plus the names of its two decoders
+            from fastdecoders.switching.file import load_switch
+
+            return load_switch(path, header, state)
+        decoder = _decoder_from_header(header, str(path))
     elif _is_upstream_tae(state):
         decoder = TAEDecoder(tae_config_from_state_dict(state))
         decoder.latent_space_name = _guess_space_from_channels(decoder.config)

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latents-space", dest="space", default=None, help="latent space, if the source lacks it")
     add_weights_dir(parser)
 
+    parser.add_argument("--overwrite", action="store_true", help="--to diffusers: replace an existing non-empty "
+                        "output folder (otherwise refused; the folder is only swapped once the new one is complete)")
 
 def run(args: argparse.Namespace) -> dict:
     decoder = load_decoder(args.source, latents=args.space, weights_dir=args.weights_dir)
@@ -29,5 +31,5 @@ def run(args: argparse.Namespace) -> dict:
     stem = get_latent_space(decoder.latent_space_name).tae_encoder
     # diffusers' AutoencoderTiny always has an encoder: ship the matching real one when it is on the weights path
     encoder = load_encoder(stem, args.weights_dir) if stem and find_weights(stem, args.weights_dir) else None
-    out = save_diffusers_tiny(decoder, args.out, encoder=encoder)
+    out = save_diffusers_tiny(decoder, args.out, encoder=encoder, overwrite=args.overwrite)
     return {"source": args.source, "format": "diffusers", "out": str(out), "encoder": stem if encoder else None}

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastdecoders.errors import FastDecodersError
+from fastdecoders.errors import FastDecodersError, require_finite
 from fastdecoders.eval import codec, metrics
 from fastdecoders.eval.cache import Store
 from fastdecoders.eval.data import Item, Preprocess, Sample, SkipList, discover, load
@@ -350,6 +350,7 @@ class _Runner:
         frames = codec.decode(run.decoder, run.kind, z, self.config.batch_size)
         _sync(self.config.device)
         ms = (time.perf_counter() - start) * 1000
+        require_finite(frames, f"{run.name}'s output")  # NaN metrics (n=0) or black figures otherwise
         if sample.pixels is not None and frames.shape != sample.pixels.shape:
             raise FastDecodersError(
                 f"{run.name} decoded {tuple(frames.shape)} from an input of {tuple(sample.pixels.shape)} (T, 3, H, W)"

@@ -133,9 +133,7 @@ class DiffusersVAEDecoder(Decoder):
             class_name = json.loads((folder / "config.json").read_text()).get("_class_name")
             if class_name not in SUPPORTED:
                 raise FastDecodersError(f"{folder}: a {class_name}, expected one of {', '.join(SUPPORTED)}")
-            import diffusers
-
-            vae = getattr(diffusers, class_name).from_pretrained(folder)
+            vae = vae_from_folder(class_name, folder)
         name = type(vae).__name__
         if name not in SUPPORTED:
             raise FastDecodersError(f"expected a diffusers {' / '.join(SUPPORTED)}, got {name}")
@@ -191,6 +189,54 @@ def vae_folder(path: str | os.PathLike) -> Path | None:
     return folder if class_name in SUPPORTED else None
 
 
+#: attention parameter names of older diffusers checkpoints -> today's (what from_pretrained renames silently)
+_OLD_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def vae_from_folder(class_name: str, folder: Path) -> nn.Module:
+    """The diffusers ``class_name`` built from ``folder/config.json`` with the folder's weights loaded **strictly**:
+    a missing, unexpected or mis-shaped key is one ``FastDecodersError`` naming it (``from_pretrained`` ignores extra
+    keys and initialises missing ones at random). Sharded folders (``*.safetensors.index.json``) are read too."""
+    import diffusers
+
+    from fastdecoders.weights import load_strict, read_state_dict
+
+    cls = getattr(diffusers, class_name)
+    index = folder / f"{WEIGHT_FILES[0]}.index.json"
+    file = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
+    if file is not None:
+        state = read_state_dict(file)[0]
+    elif index.is_file():
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        state = {k: v for shard in shards for k, v in read_state_dict(folder / shard)[0].items()}
+        file = index
+    else:
+        raise FastDecodersError(f"{folder}: expected {' or '.join(WEIGHT_FILES)} beside config.json, found neither")
+    try:
+        vae = cls.from_config(cls.load_config(folder))
+    except (TypeError, ValueError, OSError) as e:
+        raise FastDecodersError(f"{folder}/config.json does not describe a {class_name} ({e})") from None
+    load_strict(vae, _current_names(state, vae.state_dict()), str(file))
+    return vae.eval()
+
+
+def _current_names(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Older attention keys (``query``/``key``/``value``/``proj_attn``, 1x1-conv shaped) under today's names, when
+    the model expects those; every other key as it is (``load_strict`` then judges them)."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if key not in expected and len(parts) > 2 and parts[-2] in _OLD_ATTENTION:
+            renamed = ".".join(parts[:-2] + [_OLD_ATTENTION[parts[-2]], parts[-1]])
+            if renamed in expected:
+                key = renamed
+                if value.ndim == 4 and expected[key].ndim == 2:
+                    value = value[:, :, 0, 0]
+        out[key] = value
+    return out
+
+
 def load_diffusers_vae(folder: str | os.PathLike, latents: str | None = None) -> DiffusersVAEDecoder:
     """A teacher with real weights from a local diffusers folder (a VAE folder or a pipeline holding ``vae/``).
 
@@ -200,10 +246,8 @@ def load_diffusers_vae(folder: str | os.PathLike, latents: str | None = None) ->
     found = vae_folder(folder)
     if found is None:
         raise FastDecodersError(f"expected a diffusers {' / '.join(SUPPORTED)} folder, got {folder}")
-    import diffusers
-
     class_name = json.loads((found / "config.json").read_text())["_class_name"]
-    vae = getattr(diffusers, class_name).from_pretrained(found)
+    vae = vae_from_folder(class_name, found)
     if latents is None:
         from fastdecoders.integrations.diffusers import vae_latent_spaces
 
