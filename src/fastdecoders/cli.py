@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "roundtrip": ("fastdecoders.commands.roundtrip_cmd", "encode photos, decode them, report PSNR/SSIM and a grid"),
     "convert": ("fastdecoders.commands.convert_cmd", "convert weights to our safetensors or a diffusers folder"),
     "bench": ("fastdecoders.bench.cli", "latency and memory against the decoder being replaced"),
+    "export": ("fastdecoders.commands.export_cmd", "export a decoder to ONNX, verified against PyTorch on the spot"),
     "eval": ("fastdecoders.eval.cli", "quality on real images/videos: PSNR, SSIM, LPIPS, FID, flicker"),
     "train": ("fastdecoders.train.cli", "distil a student decoder from a teacher (YAML config)"),
     "prune": ("fastdecoders.prune.cli", "independence-aware channel pruning of an existing decoder"),

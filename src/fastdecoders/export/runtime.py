@@ -1,0 +1,120 @@
+"""Run an exported decoder in ONNX Runtime: shape checks from the file's metadata, torch tensors in and out.
+
+``OnnxDecoder(path)`` decodes ``image`` and ``clip`` exports; ``OnnxStreamingDecoder`` (``fastdecoders.export.stream``)
+runs the streaming loop of ``stream`` exports. Latents outside the exported range raise ``FastDecodersError`` with
+one line naming the range, before ONNX Runtime sees them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastdecoders.errors import FastDecodersError
+
+#: module -> the pip extra that brings it.
+EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx", "onnxscript": "onnx"}
+
+
+def require(module: str) -> Any:
+    """Import ``module`` or fail with one line naming the extra to install (the CLI exits 2)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = EXTRAS.get(module, module)
+        raise FastDecodersError(
+            f"expected {module} to be installed for ONNX export/runtime, got none: pip install 'fastdecoders[{extra}]'"
+        ) from None
+
+
+def read_metadata(model_or_path: Any) -> dict[str, Any]:
+    """The ``fastdecoders`` metadata of an ONNX file, ``onnx.ModelProto`` or ``InferenceSession``."""
+    from fastdecoders.export.onnx import METADATA_KEY
+
+    if hasattr(model_or_path, "get_modelmeta"):  # an InferenceSession
+        props = model_or_path.get_modelmeta().custom_metadata_map
+    else:
+        onnx = require("onnx")
+        model = model_or_path if hasattr(model_or_path, "graph") else onnx.load(str(model_or_path))
+        props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise FastDecodersError(f"expected an ONNX file exported by `fastdecoders export`, got one without "
+                                f"'{METADATA_KEY}' metadata: {model_or_path}")  # fmt: skip
+    return json.loads(props[METADATA_KEY])
+
+
+def session(model: Any, threads: int | None = None, providers: list[str] | None = None):
+    """An ``onnxruntime.InferenceSession`` of a path or serialized model (all graph optimizations on)."""
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is None:
+        threads = torch.get_num_threads()  # the same thread budget torch has: side-by-side numbers stay fair
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    source = str(model) if isinstance(model, (str, os.PathLike)) else model
+    return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
+
+
+def check_shape(shape: tuple[int, ...], lo: list[int], hi: list[int], what: str, hint: str = "") -> None:
+    """One line when ``shape`` is outside [lo, hi] (per axis, inclusive)."""
+    ok = len(shape) == len(lo) and all(a <= n <= b for n, a, b in zip(shape, lo, hi, strict=True))
+    if not ok:
+        ranges = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in zip(lo, hi, strict=True))
+        raise FastDecodersError(f"{what}: expected latents of shape ({ranges}), got {tuple(shape)}{hint}")
+
+
+def static_hint(meta: dict[str, Any], name: str) -> str:
+    lo, hi = meta["inputs"][name]["min"], meta["inputs"][name]["max"]
+    return "; exported for this one shape: re-export with --dynamic-shape or --size" if lo == hi else ""
+
+
+class OnnxDecoder:
+    """An exported ``image`` or ``clip`` decoder in ONNX Runtime, called like the torch decoder.
+
+    ``image``: (B, C, h, w) -> (B, 3, H, W). ``clip``: (B·T, C, h, w) plus ``num_frames`` (SVD's convention) or
+    (B, T, C, h, w) -> the same layout back. Output is RGB in [-1, 1] as a float tensor of the input's dtype and device.
+    """
+
+    def __init__(self, model: Any, threads: int | None = None, providers: list[str] | None = None):
+        self.session = session(model, threads, providers)
+        self.meta = read_metadata(self.session)
+        self.name = str(model) if isinstance(model, (str, os.PathLike)) else "onnx model"
+        if self.meta["kind"] not in ("image", "clip"):
+            raise FastDecodersError(f"OnnxDecoder: expected an image or clip export, got a {self.meta['kind']} "
+                                    "export (use OnnxStreamingDecoder)")  # fmt: skip
+        self.input = self.session.get_inputs()[0]
+        self.np_dtype = np.float16 if self.meta["dtype"] == "float16" else np.float32
+
+    def __call__(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        x = latents
+        frames_first = self.meta["kind"] == "clip" and x.ndim == 4
+        if frames_first:  # (B·T, C, h, w) + num_frames -> (B, T, C, h, w)
+            t = x.shape[0] if num_frames is None else num_frames
+            if t < 1 or x.shape[0] % t:
+                raise FastDecodersError(f"{self.name}: {x.shape[0]} latent frames do not split into clips of "
+                                        f"num_frames={num_frames}")  # fmt: skip
+            x = x.unflatten(0, (-1, t))
+        lo, hi = self.meta["inputs"]["latents"]["min"], self.meta["inputs"]["latents"]["max"]
+        check_shape(tuple(x.shape), lo, hi, self.name, static_hint(self.meta, "latents"))
+        feed = x.detach().to("cpu").numpy().astype(self.np_dtype, copy=False)
+        out = torch.from_numpy(self.session.run(None, {self.input.name: feed})[0])
+        if frames_first:
+            out = out.flatten(0, 1)
+        return out.to(device=latents.device, dtype=latents.dtype)
+
+
+def save_model(model: Any, path: str | os.PathLike) -> Path:
+    """Write an ``onnx.ModelProto`` to ``path`` atomically (one file: weights inside)."""
+    from fastdecoders.io import atomic_path
+
+    onnx = require("onnx")
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, str(tmp))
+    return Path(path)
