@@ -14,7 +14,9 @@ from fastdecoders.weights import find_weights, load_decoder, load_encoder, save_
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="registry name, weights file/folder, or hub id")
     parser.add_argument("-o", "--out", required=True, help="output .safetensors file or folder")
-    parser.add_argument("--to", choices=["fastdecoders", "diffusers"], default="fastdecoders")
+    parser.add_argument("--to", choices=["fastdecoders", "diffusers"], default="fastdecoders",
+                        help="fastdecoders: one .safetensors with the config inside; diffusers: an AutoencoderTiny "
+                        "folder (TAE decoders only)")  # fmt: skip
     parser.add_argument("--latents-space", dest="space", default=None, help="latent space, if the source lacks it")
     add_weights_dir(parser)
 
