@@ -25,10 +25,10 @@ from fastdecoders.registry import DecoderSpec, build_decoder, get_spec, is_regis
 WEIGHTS_ENV = "FASTDECODERS_WEIGHTS"
 METADATA_KEY = "fastdecoders"
 FORMAT_VERSION = 1
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
-
 #: config.json key of a converted AutoencoderTiny folder naming its latent space (diffusers ignores "_" keys)
 TINY_LATENTS_KEY = "_fastdecoders_latents"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
 # The upstream TAE encoders (weights-file stem -> config); used to make latents of real photos.
 TAE_ENCODERS: dict[str, TAEEncoderConfig] = {
     "taesd_encoder": TAEEncoderConfig(latent_channels=4),
@@ -177,11 +177,11 @@ def _load_diffusers_tiny_folder(folder: Path) -> TAEDecoder:
     )
     decoder = TAEDecoder(tae_config)
     load_strict(decoder, _diffusers_tiny_to_tae(state, "decoder.layers."), str(file))
+    decoder.latent_space_name = config.get(TINY_LATENTS_KEY)  # written by save_diffusers_tiny; None elsewhere
     return decoder
 
 
 def save_diffusers_tiny(decoder: TAEDecoder, out_dir: str | os.PathLike, encoder: TAEEncoder | None = None) -> Path:
-    decoder.latent_space_name = config.get(TINY_LATENTS_KEY)  # written by save_diffusers_tiny; None elsewhere
     """Write a diffusers ``AutoencoderTiny`` folder holding ``decoder`` (and ``encoder`` if given).
 
     ``diffusers.AutoencoderTiny.from_pretrained(out_dir)`` then gives the same pixels. Without an encoder the folder's
@@ -214,19 +214,10 @@ def save_diffusers_tiny(decoder: TAEDecoder, out_dir: str | os.PathLike, encoder
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
         vae.save_pretrained(tmp)
+        _tidy_tiny_config(Path(tmp) / "config.json", getattr(decoder, "latent_space_name", None))
     return out
 
 
-# -- our format ---------------------------------------------------------------------------------------------------
-
-
-def save_decoder(decoder: Decoder, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> str:
-    """Save as ``.safetensors`` with arch, config and latent space in the metadata; a folder path gets
-    ``model.safetensors`` + ``config.json``. Written to a temp file, then renamed."""
-        _tidy_tiny_config(Path(tmp) / "config.json", getattr(decoder, "latent_space_name", None))
-    path = Path(path)
-    header = {
-        "format": FORMAT_VERSION,
 def _tidy_tiny_config(path: Path, latents: str | None) -> None:
     """Record the latent space (a private ``_fastdecoders_latents`` key, which diffusers skips) so the folder reloads
     without naming it, and drop ``block_out_channels``: AutoencoderTiny registers it itself for pipelines
@@ -238,6 +229,15 @@ def _tidy_tiny_config(path: Path, latents: str | None) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+# -- our format ---------------------------------------------------------------------------------------------------
+
+
+def save_decoder(decoder: Decoder, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> str:
+    """Save as ``.safetensors`` with arch, config and latent space in the metadata; a folder path gets
+    ``model.safetensors`` + ``config.json``. Written to a temp file, then renamed."""
+    path = Path(path)
+    header = {
+        "format": FORMAT_VERSION,
         "arch": decoder.arch,
         "config": decoder.config_dict(),
         "latents": getattr(decoder, "latent_space_name", None),
