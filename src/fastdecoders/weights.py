@@ -20,6 +20,8 @@ from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import atomic_dir, atomic_path, atomic_write_text
 from fastdecoders.models import ARCHITECTURES, Decoder, TAEConfig, TAEDecoder, TAEEncoder, TAEEncoderConfig
 from fastdecoders.models.base import config_from_dict
+from fastdecoders.models.taehv import TAEHVDecoder, is_taehv_state_dict
+from fastdecoders.models.taehv import config_from_state_dict as taehv_config_from_state_dict
 from fastdecoders.registry import DecoderSpec, build_decoder, get_spec, is_registered, unknown_name_message
 
 WEIGHTS_ENV = "FASTDECODERS_WEIGHTS"
@@ -279,11 +281,29 @@ def _load_file(path: Path) -> Decoder:
     elif _is_upstream_tae(state):
         decoder = TAEDecoder(tae_config_from_state_dict(state))
         decoder.latent_space_name = _guess_space_from_channels(decoder.config)
+    elif is_taehv_state_dict(state):
+        decoder = _taehv_from_file(path, state)
     else:
         raise FastDecodersError(
-            f"{path} is neither a fastdecoders file (no '{METADATA_KEY}' metadata) nor a TAESD-layout decoder"
+            f"{path} is neither a fastdecoders file (no '{METADATA_KEY}' metadata) nor a TAESD/TAEHV-layout decoder"
         )
     load_strict(decoder, state, str(path))
+    return decoder
+
+
+def _taehv_from_file(path: Path, state: dict[str, torch.Tensor]) -> Decoder:
+    """An upstream TAEHV-family file: config from its shapes; latent space from its upstream file name if it has one
+    (``taew2_1.pth``), else from its latent channels when only one family has that many."""
+    decoder = TAEHVDecoder(taehv_config_from_state_dict(state, str(path)))
+    from fastdecoders.registry import list_decoders
+
+    named = [get_spec(n) for n in list_decoders() if get_spec(n).arch == "taehv" and get_spec(n).weights == path.stem]
+    if named:
+        decoder.latent_space_name, decoder.registry_name = named[0].latents, named[0].name
+    else:
+        by_channels = {48: "wan2.2", 32: "hunyuan-video-1.5", 24: "minimax-h3"}  # 16 and 128: several families
+        decoder.latent_space_name = by_channels.get(decoder.config.latent_channels)
+        decoder.registry_name = None
     return decoder
 
 
@@ -370,7 +390,10 @@ def _load_registered(spec: DecoderSpec, weights_dir) -> Decoder:
     path = find_weights(spec.weights, weights_dir) if spec.weights else None
     if path is not None:
         state, _ = read_state_dict(path)
-        decoder = build_decoder(spec)
+        cls = ARCHITECTURES[spec.arch]
+        # optional parts (TAEHV's encoder) follow the file; every other shape must be the spec's
+        config = cls.fit_config(spec.config, state, str(path)) if hasattr(cls, "fit_config") else None
+        decoder = build_decoder(spec, config=config)
         load_strict(decoder, state, str(path))
         return decoder
     if spec.hub_id is None:

@@ -6,12 +6,13 @@ from fastdecoders.models.base import Decoder, DecoderOutput
 from fastdecoders.models.causal import CausalTAEDecoder
 from fastdecoders.models.effvit import EffViTDecoder
 from fastdecoders.models.tae import TAEConfig, TAEDecoder, TAEEncoder, TAEEncoderConfig
+from fastdecoders.models.taehv import TAEHVDecoder
 from fastdecoders.models.teachers import DiffusersVAEDecoder  # original VAEs (teachers) and pruned ones
 from fastdecoders.models.temporal import TemporalTAEDecoder
 
 ARCHITECTURES: dict[str, type[Decoder]] = {
     cls.arch: cls
-    for cls in (TAEDecoder, EffViTDecoder, TemporalTAEDecoder, CausalTAEDecoder, DiffusersVAEDecoder)
+    for cls in (TAEDecoder, EffViTDecoder, TemporalTAEDecoder, CausalTAEDecoder, TAEHVDecoder, DiffusersVAEDecoder)
 }
 
 __all__ = ["ARCHITECTURES", "Decoder", "DecoderOutput", "TAEConfig", "TAEDecoder", "TAEEncoder", "TAEEncoderConfig"]
