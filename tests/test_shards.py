@@ -28,7 +28,7 @@ def test_round_trip_keeps_tensors_ids_prompts_and_metadata(tmp_path):
 def test_a_plain_latents_file_reads_as_a_shard(tmp_path):
     path = write_latents(torch.randn(2, 4, 8, 8), tmp_path / "old.safetensors")
     shard = read_shard(path)
-    assert len(shard) == 2 and shard.ids == ["old:0", "old:1"] and shard.latent_space is None
+    assert len(shard) == 2 and shard.ids == ["old-00000", "old-00001"] and shard.latent_space is None
     torch.save(torch.randn(4, 8, 8), tmp_path / "one.pt")
     assert read_shard(tmp_path / "one.pt").latents.shape == (1, 4, 8, 8)
 

@@ -19,6 +19,7 @@ from fastdecoders.errors import FastDecodersError
 VERBS: dict[str, tuple[str, str]] = {
     "list": ("fastdecoders.commands.list_cmd", "decoders, latent spaces and which weights are found locally"),
     "decode": ("fastdecoders.commands.decode_cmd", "decode a latents file to PNGs (or an MP4 for video)"),
+    "encode": ("fastdecoders.commands.encode_cmd", "encode folders of photos/videos to latents shards"),
     "roundtrip": ("fastdecoders.commands.roundtrip_cmd", "encode photos, decode them, report PSNR/SSIM and a grid"),
     "convert": ("fastdecoders.commands.convert_cmd", "convert weights to our safetensors or a diffusers folder"),
     "bench": ("fastdecoders.bench.cli", "latency and memory against the decoder being replaced"),
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, default=str))
     else:
         print(module.render(result) if hasattr(module, "render") else json.dumps(result, indent=2, default=str))
-    return 0
+    # a verb that ran to its end but with failed items (batch jobs) says so: 1; see docs/scale.md
+    return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ A shard is a safetensors file holding
   is zero-padded at the end of every axis to the largest item, and ``shapes[name][i]`` is item i's true shape.
   ``Shard.item(i)`` crops it back; ``Shard.from_items`` pads.
 
-A plain safetensors/.pt file with one latents tensor and no metadata also reads as a shard (ids ``STEM:INDEX``).
+A plain safetensors/.pt file with one latents tensor and no metadata also reads as a shard (ids ``STEM-00000`` …).
 Files are written atomically (temp file, then rename): a shard on disk is always complete. See docs/shards.md.
 """
 
@@ -126,7 +126,7 @@ def write_shard(path: str | os.PathLike, shard: Shard) -> Path:
 
 def read_header(path: str | os.PathLike) -> dict:
     """The shard's metadata (``count``, ``ids`` … as written) without reading its tensors; plain latents files get
-    ``ids`` ``STEM:INDEX`` and None elsewhere. Raises FastDecodersError for a missing or unreadable file."""
+    ``ids`` ``STEM-00000`` … and None elsewhere. Raises FastDecodersError for a missing or unreadable file."""
     path = Path(path)
     if path.suffix in (".pt", ".pth"):
         return _plain_header(path, len(_plain_latents(path)))
@@ -210,7 +210,7 @@ def _parse_header(path: Path, text: str) -> dict:
 
 
 def _plain_header(path: Path, count: int) -> dict:
-    return {"version": None, "count": count, "ids": [f"{path.stem}:{i}" for i in range(count)], "prompts": None,
+    return {"version": None, "count": count, "ids": [f"{path.stem}-{i:05d}" for i in range(count)], "prompts": None,
             "latent_space": None, "encoder": None, "decoder": None, "items": None, "extra": {}}  # fmt: skip
 
 

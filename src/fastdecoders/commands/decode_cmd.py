@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from fastdecoders.batch import cli as batch_cli
 from fastdecoders.commands import add_device, add_weights_dir
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import read_latents, write_image, write_video
@@ -21,8 +22,9 @@ from fastdecoders.weights import load_decoder
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("decoder", help="registry name, weights file/folder, or hub id")
-    parser.add_argument("latents", help="safetensors file with one latent tensor (key 'latents' by convention); "
-                        "NCHW diffusion-space latents, or NCTHW for video")  # fmt: skip
+    parser.add_argument("latents", nargs="+", help="safetensors file with one latent tensor (key 'latents' by "
+                        "convention; NCHW diffusion-space latents, or NCTHW for video), or many latents shards "
+                        "(files, folders, globs: batch mode, docs/scale.md)")  # fmt: skip
     parser.add_argument("-o", "--out", required=True, help="output PNG (one latent) or folder; .mp4 for video")
     parser.add_argument("--latents-space", dest="space", default=None, help="latent space if the file lacks it")
     parser.add_argument("--raw", action="store_true", help="the latents are raw VAE latents (apply scale/shift first)")
@@ -34,9 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_weights_dir(parser)
     add_device(parser)
     parallel_cli.add_arguments(parser)  # --parallel: under torchrun, one decode split across the ranks
+    batch_cli.add_arguments(parser)  # many shards: --engine embedded|ray, manifest, resume
 
 
 def run(args: argparse.Namespace) -> dict:
+    if batch_cli.wants_batch(args):
+        return batch_cli.run(args)
+    args.latents = args.latents[0]  # one latents file from here on
     if args.parallel:
         return parallel_cli.run(args)
     tile = parse_tile(str(args.tile))

@@ -1,0 +1,146 @@
+"""A decode job over many latents shards: plan, run on an engine, record every item in the manifest, summarise.
+
+Exit codes (the CLI returns ``summary["exit_code"]``): 0 every item is done; 1 the job ran to its end but some items
+(or whole shards) failed, see the manifest; 2 a bad invocation (FastDecodersError: nothing was decoded).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fastdecoders.batch.manifest import Manifest
+from fastdecoders.batch.outputs import FORMATS, clean_stale_temps, write_output
+from fastdecoders.batch.plan import Unit, make_plan
+from fastdecoders.batch.worker import Decoded, DecoderArgs, DecodeWorker
+from fastdecoders.errors import FastDecodersError
+from fastdecoders.shards import list_shards
+
+ENGINES = ("embedded", "ray")
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """Everything a decode job needs (picklable)."""
+
+    inputs: tuple[str, ...]
+    out: str
+    decoder: DecoderArgs
+    fmt: str = "png"
+    #: JPEG/WebP quality, 1-100 (PNG is lossless).
+    quality: int = 90
+    fps: float = 16.0
+    batch_size: int = 8
+    #: manifest file; None: OUT/manifest.jsonl.
+    manifest: str | None = None
+    #: skip items done and verified; None: on when the manifest exists.
+    resume: bool | None = None
+    engine: str = "embedded"
+    #: Ray cluster address; None: a local Ray started (and stopped) by the job.
+    address: str | None = None
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    #: local Ray only: CPUs and object store size of the cluster the job starts.
+    num_cpus: int | None = None
+    object_store_mb: int = 300
+    #: embedded engine: writer threads and batches read ahead.
+    writers: int = 2
+    prefetch: int = 2
+    progress: bool = True
+    #: fault injection for tests: a marker file; the first Ray actor to start its second batch while the file is
+    #: missing creates it and dies (its batch must be retried).
+    fault_exit_once: str | None = None
+
+    def check(self) -> None:
+        if self.fmt not in FORMATS:
+            raise FastDecodersError(f"--format: expected one of {', '.join(FORMATS)}, got {self.fmt!r}")
+        if not 1 <= self.quality <= 100:
+            raise FastDecodersError(f"--quality: expected 1-100, got {self.quality}")
+        if self.batch_size < 1 or self.workers < 1:
+            raise FastDecodersError(f"--batch-size and --workers: expected >= 1, got {self.batch_size}, {self.workers}")
+        if self.engine not in ENGINES:
+            raise FastDecodersError(f"--engine: expected one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+            raise FastDecodersError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
+
+
+def write_unit(unit: Unit, decoded: Decoded, fmt: str, quality: int, fps: float, decoder: str) -> list[dict]:
+    """Write the unit's items that need writing; their manifest rows (a failed write fails its item only)."""
+    rows = []
+    for k, item_id in enumerate(unit.ids):
+        if not unit.write[k]:
+            continue
+        row = {"id": item_id, "shard": unit.shard, "index": unit.start + k, "output": unit.outputs[k],
+               "decoder": decoder, "status": "ok", "error": None, "bytes": None}  # fmt: skip
+        start = time.perf_counter()
+        if decoded.errors[k] is not None:
+            row.update(status="failed", error=decoded.errors[k], output=None)
+        else:
+            try:
+                row["bytes"] = write_output(decoded.arrays[k], Path(unit.outputs[k]), fmt, quality, fps)
+            except (FastDecodersError, OSError) as e:
+                row.update(status="failed", error=str(e).splitlines()[0], output=None)
+        row["seconds"] = round(decoded.seconds + time.perf_counter() - start, 6)
+        rows.append(row)
+    return rows
+
+
+def run_decode_job(job: DecodeJob) -> dict:
+    """Run ``job``; returns the summary (items, written, skipped, failed, seconds, items_per_s, engine, workers,
+    first_item_s, manifest, exit_code)."""
+    from tqdm import tqdm
+
+    job.check()
+    started = time.perf_counter()
+    out_dir = Path(job.out)
+    clean_stale_temps(out_dir)
+    manifest = Manifest(job.manifest or out_dir / "manifest.jsonl")
+    resume = manifest.path.is_file() if job.resume is None else job.resume
+    plan = make_plan(list_shards(job.inputs), out_dir, job.fmt, job.batch_size, manifest.rows, resume)
+    for key in [k for k, r in manifest.rows.items() if r.get("index") is None]:
+        manifest.rows.pop(key)  # a shard that failed to read before is judged afresh
+    manifest.open()
+    manifest.append(plan.failed)
+    bar = tqdm(total=plan.pending, desc=f"decode ({job.engine})", unit="img", disable=None if job.progress else True)
+    state = {"first": None, "written": 0}
+
+    def record(rows: list[dict]) -> None:
+        manifest.append(rows)
+        if state["first"] is None and rows:
+            state["first"] = time.perf_counter() - started
+        state["written"] += len(rows)
+        bar.update(len(rows))
+
+    run_started = time.perf_counter()
+    try:
+        if plan.units and job.engine == "ray":
+            from fastdecoders.batch.ray_engine import run_ray
+
+            run_ray(job, plan.units, record)
+        elif plan.units:
+            from fastdecoders.batch.embedded import run_embedded
+
+            worker = DecodeWorker(job.decoder)
+            write = lambda unit, decoded: write_unit(unit, decoded, job.fmt, job.quality, job.fps,  # noqa: E731
+                                                     worker.name)  # fmt: skip
+            run_embedded(plan.units, worker, write, record, prefetch=job.prefetch, writers=job.writers)
+    finally:
+        bar.close()
+        manifest.close(compact=True)
+    seconds = time.perf_counter() - started
+    ids = {i for u in plan.units for i in u.ids} | {r["id"] for r in plan.failed}
+    failed = sum(1 for i in ids if manifest.rows.get(i, {}).get("status") == "failed")
+    return {"engine": job.engine, "workers": job.workers if job.engine == "ray" else 1, "items": plan.total,
+            "written": state["written"], "skipped": plan.skipped, "failed": failed,
+            "failed_shards": len(plan.failed), "seconds": round(seconds, 3),
+            "run_seconds": round(time.perf_counter() - run_started, 3),
+            "items_per_s": round(state["written"] / seconds, 3) if seconds > 0 else None,
+            "first_item_s": None if state["first"] is None else round(state["first"], 3),
+            "batch_size": job.batch_size, "out": str(out_dir), "manifest": str(manifest.path),
+            "exit_code": 1 if failed else 0}  # fmt: skip
+
+
+def with_threads(args: DecoderArgs, threads: int | None) -> DecoderArgs:
+    return replace(args, threads=threads)
