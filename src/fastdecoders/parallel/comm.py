@@ -104,6 +104,8 @@ def exchange_halo(
 
 def all_reduce_sum(x: torch.Tensor, bands: Bands) -> torch.Tensor:
     """Sum of ``x`` over the ranks, in place."""
+    if bands.world == 1:
+        return x
     _guard("an all-reduce", bands, lambda: dist.all_reduce(x, group=bands.group))
     return x
 
@@ -113,6 +115,8 @@ def gather_bands(x: torch.Tensor, dim: int, bands: Bands, dst: int | None = None
 
     ``dst`` None: every rank gets the whole; else only group rank ``dst`` does and the others get None.
     """
+    if bands.world == 1:
+        return x
     dim = dim % x.ndim
     scale = bands.scale(x.shape[dim])
     sizes = [rows * scale for rows in bands.rows]
