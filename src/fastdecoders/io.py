@@ -125,6 +125,49 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(old, ignore_errors=True)
 
 
+LOCK_NAME = ".fastdecoders.lock"
+
+
+@contextmanager
+def locked_folder(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold ``folder`` (created if needed) for one writer: a second ``what`` (e.g. "eval") writing the same folder is
+    one ``FastDecodersError`` instead of silently keeping only the last writer's results. An advisory lock
+    (``fcntl.flock`` on ``folder/.fastdecoders.lock``, released by the OS even on a crash); a folder this call created
+    and that holds nothing but the lock at the end is removed again."""
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 (held open for the whole block)
+    except OSError as e:
+        raise _write_error(folder, e) from None
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise FastDecodersError(f"{folder} is being written by another {what} ({holder}); wait for it to "
+                                        f"finish or pass another -o") from None  # fmt: skip
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield folder
+        finally:
+            if created and os.listdir(folder) == [LOCK_NAME]:  # nothing written: leave nothing behind
+                os.unlink(folder / LOCK_NAME)
+                folder.rmdir()
+    finally:
+        handle.close()
+
+
 def output_file(path: str | os.PathLike, suffixes: tuple[str, ...], what: str) -> Path:
     """``path`` checked as an output file name before any work is done: not a folder, a suffix in ``suffixes``
     (``what`` says what is written, e.g. "the grid image")."""

@@ -16,8 +16,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from fastdecoders.errors import FastDecodersError
-from fastdecoders.io import atomic_dir, atomic_path, atomic_write_text
+from fastdecoders.errors import FastDecodersError, require_finite
+from fastdecoders.io import atomic_dir, atomic_path, atomic_write_text, check_declared_size, load_pickle, readable_file
 from fastdecoders.models import ARCHITECTURES, Decoder, TAEConfig, TAEDecoder, TAEEncoder, TAEEncoderConfig
 from fastdecoders.models.base import config_from_dict
 from fastdecoders.models.taehv import TAEHVDecoder, is_taehv_state_dict
@@ -71,21 +71,23 @@ def _looked_in(stem: str, weights_dir) -> str:
 # -- reading ----------------------------------------------------------------------------------------------------------
 
 
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict, safetensors metadata) of a ``.safetensors`` or pickled ``.pth``/``.pt`` file, on CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise FastDecodersError(f"weights file {path} does not exist")
+def read_state_dict(
+    path: str | os.PathLike, what: str = "weights file"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, safetensors metadata) of a ``.safetensors`` or pickled ``.pth``/``.pt`` file, on CPU.
+
+    ``what`` names the file in errors ("latents file" …). Its declared size is checked against memory first; pickles
+    are read with ``weights_only=True`` and refused in one line when they need code.
+    """
+    path = readable_file(path, what)
+    check_declared_size(path, what)
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except (SafetensorError, OSError, ValueError) as e:
             raise FastDecodersError(f"{path} is not a readable safetensors file ({e})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt zip, truncated file, or a pickle that needs arbitrary code
-        raise FastDecodersError(f"{path} is not a readable weights file ({type(e).__name__}: {e})") from None
+    state = load_pickle(path, what)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -183,11 +185,15 @@ def _load_diffusers_tiny_folder(folder: Path) -> TAEDecoder:
     return decoder
 
 
-def save_diffusers_tiny(decoder: TAEDecoder, out_dir: str | os.PathLike, encoder: TAEEncoder | None = None) -> Path:
+def save_diffusers_tiny(
+    decoder: TAEDecoder, out_dir: str | os.PathLike, encoder: TAEEncoder | None = None, overwrite: bool = False
+) -> Path:
     """Write a diffusers ``AutoencoderTiny`` folder holding ``decoder`` (and ``encoder`` if given).
 
     ``diffusers.AutoencoderTiny.from_pretrained(out_dir)`` then gives the same pixels. Without an encoder the folder's
     encoder is randomly initialised (diffusers always has one); pass the matching TAE encoder for a usable one.
+    The folder is built beside ``out_dir`` and renamed into place; an existing non-empty ``out_dir`` is an error
+    unless ``overwrite`` (see ``atomic_dir``).
     """
     from diffusers import AutoencoderTiny
 
@@ -206,6 +212,7 @@ def save_diffusers_tiny(decoder: TAEDecoder, out_dir: str | os.PathLike, encoder
         encoder_block_out_channels=enc_cfg.widths,
         num_encoder_blocks=enc_cfg.blocks,
     )
+    check_finite_state(decoder.state_dict(), f"refusing to save {out_dir}")
     state = _tae_to_diffusers_tiny({k: v.float() for k, v in decoder.state_dict().items()}, "decoder.layers.", 1)
     if encoder is not None:
         encoder_state = {k: v.float() for k, v in encoder.state_dict().items()}
@@ -214,7 +221,7 @@ def save_diffusers_tiny(decoder: TAEDecoder, out_dir: str | os.PathLike, encoder
     if result.unexpected_keys or (encoder is not None and result.missing_keys):
         raise FastDecodersError(f"conversion to AutoencoderTiny left keys unmatched: {result}")
     out = Path(out_dir)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         vae.save_pretrained(tmp)
         _tidy_tiny_config(Path(tmp) / "config.json", getattr(decoder, "latent_space_name", None))
     return out
@@ -247,6 +254,7 @@ def save_decoder(decoder: Decoder, path: str | os.PathLike, extra: dict[str, Any
         **(extra or {}),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in decoder.state_dict().items()}
+    check_finite_state(state, f"refusing to save {path}")
     metadata = {METADATA_KEY: json.dumps(header)}
     if path.suffix != ".safetensors":  # a folder
         path.mkdir(parents=True, exist_ok=True)
@@ -256,6 +264,12 @@ def save_decoder(decoder: Decoder, path: str | os.PathLike, extra: dict[str, Any
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return str(path)
+
+
+def check_finite_state(state: dict[str, torch.Tensor], what: str) -> None:
+    """One error naming the first weight that holds NaN/Inf (a diverged run must not ship as a model file)."""
+    for key, tensor in state.items():
+        require_finite(tensor.detach(), f"{what}: weight {key!r}")
 
 
 def _decoder_from_header(header: dict[str, Any], source: str) -> Decoder:
@@ -361,13 +375,9 @@ def load_decoder(
         decoder = _load_registered(spec, weights_dir) if pretrained else build_decoder(spec)
         decoder.latent_space_name, decoder.registry_name = spec.latents, spec.name
     elif Path(target).exists():
-        decoder = _load_path(Path(target))
-        if latents is not None:
-            decoder.latent_space_name = latents
+        decoder = _with_space(_load_path(Path(target)), latents, target)
     elif target.count("/") == 1 and not target.startswith((".", "/")) and not Path(target).suffix:
-        decoder = _load_hub(target)
-        if latents is not None:
-            decoder.latent_space_name = latents
+        decoder = _with_space(_load_hub(target), latents, target)
     else:
         raise FastDecodersError(unknown_name_message(target))
     if getattr(decoder, "latent_space_name", None) is None:
@@ -377,6 +387,20 @@ def load_decoder(
     return decoder.to(device=device, dtype=dtype).eval()
 
 
+def _with_space(decoder: Decoder, latents: str | None, target: str) -> Decoder:
+    """``decoder`` told it reads ``latents`` (when given), which must have its number of channels."""
+    if latents is not None:
+        from fastdecoders.latents import get_latent_space
+
+        space = get_latent_space(latents)
+        channels = getattr(decoder, "latent_channels", space.channels)
+        if channels != space.channels:
+            raise FastDecodersError(f"{target} decodes {channels}-channel latents; {space.name} latents have "
+                                    f"{space.channels} channels: name the latent space it was made for")  # fmt: skip
+        decoder.latent_space_name = latents
+    return decoder
+
+
 def _load_registered(spec: DecoderSpec, weights_dir) -> Decoder:
     if spec.arch == "diffusers-vae":  # the original VAEs: a diffusers folder, not a weights file
         from fastdecoders.models.teachers import load_published
@@ -384,8 +408,8 @@ def _load_registered(spec: DecoderSpec, weights_dir) -> Decoder:
         return load_published(spec.name, weights_dir)
     if not spec.has_weights:
         raise FastDecodersError(
-            f"{spec.name} has no released weights; train it (fastdecoders train) and pass the resulting file, "
-            f"or use pretrained=False for random weights"
+            f"{spec.name} has no released weights; train it (fastdecoders train) and pass the model.safetensors it "
+            f"writes instead of the name"
         )
     path = find_weights(spec.weights, weights_dir) if spec.weights else None
     if path is not None:

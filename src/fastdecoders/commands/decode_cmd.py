@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from tqdm import tqdm
 from fastdecoders.batch import cli as batch_cli
 from fastdecoders.commands import add_device, add_weights_dir
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.io import read_latents, write_image, write_video
+from fastdecoders.io import IMAGE_SUFFIXES, check_fps, output_file, read_latents, write_image, write_video
 from fastdecoders.latents import get_latent_space, ncthw_to_ntchw, ntchw_to_ncthw, to_01
 from fastdecoders.parallel import cli as parallel_cli
 from fastdecoders.tiling import decode_tiled, parse_tile
@@ -46,8 +47,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.parallel:
         return parallel_cli.run(args)
     tile = parse_tile(str(args.tile))
-    if args.max_memory_mb is not None and args.max_memory_mb <= 0:
+    if args.max_memory_mb is not None and not (math.isfinite(args.max_memory_mb) and args.max_memory_mb > 0):
         raise FastDecodersError(f"--max-memory-mb: expected a positive number, got {args.max_memory_mb}")
+    check_fps(args.fps)
     budget = None if args.max_memory_mb is None else int(args.max_memory_mb * 2**20)
     latents = read_latents(args.latents)
     decoder = load_decoder(args.decoder, latents=args.space, weights_dir=args.weights_dir, device=args.device,
@@ -66,6 +68,10 @@ def run(args: argparse.Namespace) -> dict:
     latents = latents.to(args.device, getattr(torch, args.dtype))
     out = Path(args.out)
     tiled = _Tiled(decoder, tile, budget)
+    if latents.ndim == 5:  # checked before decoding: a bad name must not cost a whole decode
+        output_file(out, (".mp4",), "video latents (an MP4)")
+    elif out.suffix:
+        output_file(out, IMAGE_SUFFIXES, "decoded image latents")
     with torch.inference_mode():
         if latents.ndim == 5:
             result = _decode_video(tiled, space, latents, out, args.fps)

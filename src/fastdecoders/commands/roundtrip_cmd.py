@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,16 @@ import torch
 
 from fastdecoders.commands import add_device, add_weights_dir, format_table
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.io import center_crop_resize, crop_to_multiple, list_images, read_image, to_uint8, write_image
+from fastdecoders.io import (
+    IMAGE_SUFFIXES,
+    center_crop_resize,
+    crop_to_multiple,
+    list_images,
+    output_file,
+    read_image,
+    to_uint8,
+    write_image,
+)
 from fastdecoders.latents import get_latent_space
 from fastdecoders.progress import progress
 from fastdecoders.quality import roundtrip
@@ -28,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "cropped to a multiple of the latent factor)")  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="use at most this many photos")
     parser.add_argument("--latents-space", dest="space", default=None, help="latent space if the file lacks it")
+    parser.add_argument("--max-memory-mb", type=float, default=None, help="memory budget: the decode tiles to fit it "
+                        "like decode's --tile auto, a photo too large to encode in it is refused "
+                        "(default: 80%% of free CUDA memory, 50%% of RAM)")  # fmt: skip
     add_weights_dir(parser)
     add_device(parser)
 
@@ -45,6 +58,10 @@ def run(args: argparse.Namespace) -> dict:
     from fastdecoders.eval.metrics import psnr, ssim
 
     dtype = getattr(torch, args.dtype)
+    output_file(args.out, IMAGE_SUFFIXES, "the grid image")  # before the (long) round trips
+    if args.max_memory_mb is not None and not (math.isfinite(args.max_memory_mb) and args.max_memory_mb > 0):
+        raise FastDecodersError(f"--max-memory-mb: expected a positive number, got {args.max_memory_mb}")
+    budget = None if args.max_memory_mb is None else int(args.max_memory_mb * 2**20)
     decoder = load_decoder(args.decoder, latents=args.space, weights_dir=args.weights_dir, device=args.device,
                            dtype=dtype)  # fmt: skip
     space = get_latent_space(decoder.latent_space_name)
@@ -61,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
         image = read_image(path)
         image = center_crop_resize(image, args.size, space.spatial_factor) if args.size else crop_to_multiple(
             image, space.spatial_factor)  # fmt: skip
-        decoded = roundtrip(decoder, encoder, image)
+        decoded = roundtrip(decoder, encoder, image, max_memory_bytes=budget)
         rows.append({"path": str(path), "psnr": float(psnr(decoded[None], image[None])[0]),
                      "ssim": float(ssim(decoded[None], image[None])[0])})  # fmt: skip
         cells.append([image, decoded])

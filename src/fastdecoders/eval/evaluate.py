@@ -24,6 +24,7 @@ from fastdecoders.errors import FastDecodersError, require_finite
 from fastdecoders.eval import codec, metrics
 from fastdecoders.eval.cache import Store
 from fastdecoders.eval.data import Item, Preprocess, Sample, SkipList, discover, load
+from fastdecoders.io import locked_folder
 from fastdecoders.latents import LatentSpace, get_latent_space
 from fastdecoders.models.base import call_kind
 from fastdecoders.progress import progress
@@ -524,7 +525,13 @@ def evaluate(decoders: list[str | nn.Module], config: EvalConfig, encoders: dict
 
     ``encoders`` maps a latent-space name to an encoder used instead of the TAE/diffusers one: a callable taking
     (N, 3, H, W) in [-1, 1] (or (1, 3, T, H, W) for causal video spaces) and returning diffusion-space latents.
+    Two evaluations writing the same ``config.out`` at once: the second is one clear error (``locked_folder``).
     """
+    with locked_folder(config.out, "eval"):
+        return _evaluate(decoders, config, encoders)
+
+
+def _evaluate(decoders: list[str | nn.Module], config: EvalConfig, encoders: dict[str, Any] | None) -> dict:
     out = Path(config.out)
     skipped, notes = SkipList(), []
     runs, teacher = _load_runs(decoders, config)
