@@ -397,6 +397,14 @@ def declared_bytes(path: Path) -> tuple[int, str]:
     return 0, ""
 
 
+def format_bytes(n: float) -> str:
+    """Bytes for people: "3.1 MB", "51.5 GB" (decimal units)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
 def available_memory() -> int:
     """Bytes of RAM available now (psutil when installed, else /proc/meminfo's MemAvailable, else free pages)."""
     try:
@@ -420,7 +428,7 @@ def check_declared_size(path: Path, what: str) -> None:
     available = available_memory()
     if nbytes > LOAD_MEMORY_FRACTION * available:
         raise FastDecodersError(
-            f"{what} {path} declares {shapes} ({nbytes / 1e9:.1f} GB); only {available / 1e9:.1f} GB of memory is "
+            f"{what} {path} declares {shapes} ({format_bytes(nbytes)}); only {format_bytes(available)} of memory is "
             f"available (at most {LOAD_MEMORY_FRACTION:.0%} is used for loading): not read"
         )
 

@@ -22,6 +22,7 @@ def check_encoder_fits(encoder: nn.Module, images: torch.Tensor, max_memory_byte
     """One clear error, before encoding, when ``encoder(images)`` ((N, 3, H, W) in [-1, 1]) would not fit the budget
     (default: the same share of free memory that automatic tiling plans with). The encoder is not tiled; measured on
     a small crop (cheap upper estimate first, then the measured peak), linear in area."""
+    from fastdecoders.io import format_bytes
     from fastdecoders.tiling import AUTO_BUDGET_FRACTION, measure_peak_bytes, memory_budget, rough_peak_bytes
 
     device = images.device
@@ -33,8 +34,8 @@ def check_encoder_fits(encoder: nn.Module, images: torch.Tensor, max_memory_byte
         if peak <= budget:
             return
     h, w = images.shape[-2:]
-    raise FastDecodersError(f"encoding a {w}x{h} photo needs about {peak / 1e9:.1f} GB, more than the "
-                            f"{budget / 1e9:.1f} GB budget (the encoder is not tiled): resize it first "
+    raise FastDecodersError(f"encoding a {w}x{h} photo needs about {format_bytes(peak)}, more than the "
+                            f"{format_bytes(budget)} budget (the encoder is not tiled): resize it first "
                             f"(roundtrip --size N)")  # fmt: skip
 
 

@@ -546,10 +546,12 @@ def decode_tiled(
     """
     job = _job(decoder, latents, num_frames)
     plan = _plan(decoder, job, tile, overlap, max_memory_bytes, frames_per_chunk)
+    from fastdecoders.io import format_bytes
+
     if tile in (None, "auto") and not plan.fits and (plan.output_bytes or 0) > (plan.budget_bytes or 0):
         raise FastDecodersError(
-            f"latents of shape {tuple(latents.shape)} decode to {plan.output_bytes / 1e9:.2f} GB of pixels, more than "
-            f"the {plan.budget_bytes / 1e9:.2f} GB memory budget; tiles cannot help (the output is held whole): "
+            f"latents of shape {tuple(latents.shape)} decode to {format_bytes(plan.output_bytes)} of pixels, more "
+            f"than the {format_bytes(plan.budget_bytes)} memory budget; tiles cannot help (the output is held whole): "
             f"decode fewer or smaller latents, or raise the budget (--max-memory-mb)"
         )
     with torch.no_grad():
