@@ -7,7 +7,7 @@ Exit codes (the CLI returns ``summary["exit_code"]``): 0 every item is done; 1 t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastdecoders.batch.manifest import Manifest
@@ -89,7 +89,8 @@ def write_unit(unit: Unit, decoded: Decoded, fmt: str, quality: int, fps: float,
 
 def run_decode_job(job: DecodeJob) -> dict:
     """Run ``job``; returns the summary (items, written, skipped, failed, seconds, items_per_s, engine, workers,
-    first_item_s, manifest, exit_code)."""
+    first_item_s: from the call to the first file, steady_items_per_s: from the first file to the last, manifest,
+    exit_code)."""
     from tqdm import tqdm
 
     job.check()
@@ -104,12 +105,14 @@ def run_decode_job(job: DecodeJob) -> dict:
     manifest.open()
     manifest.append(plan.failed)
     bar = tqdm(total=plan.pending, desc=f"decode ({job.engine})", unit="img", disable=None if job.progress else True)
-    state = {"first": None, "written": 0}
+    state = {"first": None, "first_rows": 0, "last": None, "written": 0}
 
     def record(rows: list[dict]) -> None:
         manifest.append(rows)
+        now = time.perf_counter() - started
         if state["first"] is None and rows:
-            state["first"] = time.perf_counter() - started
+            state["first"], state["first_rows"] = now, len(rows)
+        state["last"] = now
         state["written"] += len(rows)
         bar.update(len(rows))
 
@@ -138,9 +141,12 @@ def run_decode_job(job: DecodeJob) -> dict:
             "run_seconds": round(time.perf_counter() - run_started, 3),
             "items_per_s": round(state["written"] / seconds, 3) if seconds > 0 else None,
             "first_item_s": None if state["first"] is None else round(state["first"], 3),
+            "steady_items_per_s": _steady(state),
             "batch_size": job.batch_size, "out": str(out_dir), "manifest": str(manifest.path),
             "exit_code": 1 if failed else 0}  # fmt: skip
 
 
-def with_threads(args: DecoderArgs, threads: int | None) -> DecoderArgs:
-    return replace(args, threads=threads)
+def _steady(state: dict) -> float | None:
+    """Items/s from the first written batch to the last (start-up excluded): what a long job runs at."""
+    span = (state["last"] or 0) - (state["first"] or 0)
+    return round((state["written"] - state["first_rows"]) / span, 3) if span > 0 else None
