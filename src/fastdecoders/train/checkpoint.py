@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.io import atomic_path
+from fastdecoders.io import atomic_path, load_pickle
 
 _NAME = re.compile(r"step_(\d+)\.pt")
 
@@ -79,11 +79,20 @@ def drop_after(out: Path, step: int) -> list[Path]:
     return dropped
 
 
+#: what every checkpoint holds (resuming reads all of them)
+REQUIRED_KEYS = ("step", "student", "optimizer", "scheduler", "rng", "data", "seconds", "train_seconds", "images",
+                 "config")  # fmt: skip
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated by a disk-full, or not ours
-        raise FastDecodersError(f"{path} is not a readable training checkpoint ({type(e).__name__}: {e})") from None
+    """A checkpoint's contents; a file that is unreadable, needs code to unpickle, or lacks a key is one error."""
+    state = load_pickle(Path(path), "training checkpoint")
+    missing = [k for k in REQUIRED_KEYS if k not in state] if isinstance(state, dict) else list(REQUIRED_KEYS)
+    if missing:
+        got = f"a {type(state).__name__}" if not isinstance(state, dict) else f"no {', '.join(map(repr, missing))}"
+        raise FastDecodersError(f"{path} is not a fastdecoders training checkpoint (expected a dict with "
+                                f"{', '.join(REQUIRED_KEYS)}; got {got})")  # fmt: skip
+    return state
 
 
 def latest_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:

@@ -105,6 +105,11 @@ class DataConfig:
     images: list[str] = field(default_factory=list)
     #: folders of training videos (video files and folders of frames, searched recursively).
     videos: list[str] = field(default_factory=list)
+    #: latents shards to train on instead of images/videos (``fastdecoders encode --pixels`` output, or another run's
+    #: cache): folders, globs or files; each process reads only its own share (shard i -> process i mod world).
+    shards: list[str] = field(default_factory=list)
+    #: validation shards; when empty, the last shard of ``shards`` is held out.
+    val_shards: list[str] = field(default_factory=list)
     #: folders used only for validation; when empty, ``val_count`` items of the training list are held out.
     val_images: list[str] = field(default_factory=list)
     val_videos: list[str] = field(default_factory=list)
@@ -138,8 +143,8 @@ class DataConfig:
                   frame_step=self.frame_step, clips_per_video=self.clips_per_video, shard_items=self.shard_items,
                   max_items=self.max_items)  # fmt: skip
         _non_negative("data", val_count=self.val_count)
-        if not (self.images or self.videos):
-            _fail("data: give training images (data.images) or videos (data.videos)")
+        if not (self.images or self.videos or self.shards):
+            _fail("data: give training images (data.images), videos (data.videos) or latents shards (data.shards)")
         if self.resize is not None and self.resize < self.crop:
             _fail(f"data.resize ({self.resize}) is smaller than data.crop ({self.crop}): no crop would fit")
 
@@ -359,6 +364,13 @@ class OptimConfig:
             _fail(f"train.ema_decay must be within (0, 1), got {self.ema_decay}")
         if self.precision not in PRECISIONS:
             _fail(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                _fail(f"train.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass
@@ -448,6 +460,8 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # .nan / .inf: every step would be NaN (an all-NaN model, exit 0)
+                _fail(f"{key}: expected a finite number, got {value!r}")
             return float(value)
         if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
             return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string; the user means the number
@@ -556,6 +570,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         _fail(f"{path} is not valid YAML ({str(e).splitlines()[0]})")
+    if values is not None and not isinstance(values, dict):
+        _fail(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}, got a {type(values).__name__}")
     return {} if values is None else values
 
 
@@ -591,6 +607,9 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
         videos=folders(cfg.data.videos, "data.videos"),
         val_images=folders(cfg.data.val_images, "data.val_images"),
         val_videos=folders(cfg.data.val_videos, "data.val_videos"),
+        # shards may be globs: made absolute, checked when listed
+        shards=[str(cwd / p) for p in cfg.data.shards],
+        val_shards=[str(cwd / p) for p in cfg.data.val_shards],
         cache_dir=str((cwd / cfg.data.cache_dir).resolve()) if cfg.data.cache_dir else None,
     )
     weights_dir = cfg.teacher.weights_dir

@@ -77,6 +77,9 @@ def init_distributed(device: str) -> Dist:
     elif device == "cuda" and world > 1:
         device = f"cuda:{local}"
     dev = torch.device(device)
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise FastDecodersError(f"train.device {device}: no such CUDA device here "
+                                f"({torch.cuda.device_count()} visible)")  # fmt: skip
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
@@ -337,9 +340,9 @@ def check_setup(cfg: TrainConfig) -> tuple[LatentSpace, str]:
         with torch.device("meta"):
             kind = student_kind(build_student(replace(cfg.student, init=None), None))
     d, f = cfg.data, space.spatial_factor
-    if kind == "image" and not d.images:
+    if kind == "image" and not (d.images or d.shards):
         raise FastDecodersError(f"student {cfg.student.name} decodes images; data.images is empty")
-    if kind != "image" and not d.videos:
+    if kind != "image" and not (d.videos or d.shards):
         raise FastDecodersError(f"student {cfg.student.name} decodes video; data.videos is empty")
     if kind == "image" and (d.videos or d.val_videos):
         raise FastDecodersError(f"student {cfg.student.name} decodes images; data.videos is for video students")
@@ -409,6 +412,8 @@ def describe_phase(cfg: LossConfig, index: int | None) -> str:
 
 def prepare_data(cfg: TrainConfig, teacher, out: Path, d: Dist, kind: str) -> tuple[Split, Split, dict]:
     """Build (process 0) or reuse the latent cache, then load both splits: (train, val, cache info)."""
+    if cfg.data.shards:  # encode's shards: nothing to build, and each process reads only its own share
+        return data_mod.load_shards(cfg.data, d.rank, d.world)
     source_kind = "image" if kind == "image" else "video"
     train_sources, val_sources = data_mod.split_sources(cfg.data, source_kind)
     sources = {"train": train_sources, "val": val_sources}
@@ -455,6 +460,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool | str | None = 
             continue if there is one, else start. A fresh run refuses an ``out`` that already holds checkpoints.
     """
     out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise FastDecodersError(f"-o {out}: expected a run folder, got an existing file")
     cfg = resolve_paths(cfg)
     space, kind = check_setup(cfg)
     resumed = _resume_state(cfg, out, resume)
@@ -504,7 +511,9 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
     if on_device:
         train_data = train_data.to(device)
     val_data = val_data.to(device)
-    batches = Batches(train_data, space, cfg.data.crop, t.batch_size, t.seed, cfg.data.flips, d.rank, d.world, device)
+    # data.shards: each process holds only its own items, so it samples all of them (its own seed) instead of a share
+    share = (t.seed + 1_000_003 * d.rank, 0, 1) if cfg.data.shards else (t.seed, d.rank, d.world)
+    batches = Batches(train_data, space, cfg.data.crop, t.batch_size, share[0], cfg.data.flips, *share[1:], device)
 
     # The optimizer (student and feature projections) and schedule; the discriminator when the GAN term is on.
     groups = [{"params": list(student.parameters())}]
@@ -537,7 +546,8 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
         init_val = state.get("init_val")
         if d.main:
             ckpt.drop_after(out, step)
-        if state["data"] != batches.position(step):
+        # the checkpoint holds process 0's data position (with data.shards the others' differ: their own items)
+        if (d.main or not cfg.data.shards) and state["data"] != batches.position(step):
             raise FastDecodersError(f"{path}: data position {state['data']} does not match this data at step {step}")
     elif d.main:
         init_val = validate(student.eval(), kind, val_data, t.batch_size, device)
@@ -562,7 +572,23 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
     stopped = "steps"
     final = lambda: ema.model if ema is not None else student  # noqa: E731  (the weights that are shipped)
 
+    def stop_if_diverged(step: int, loss: float | None, weights: bool) -> None:
+        """Stop, one line, on a non-finite loss (or weights): nothing more is saved, so the checkpoints on disk stay
+        the last good ones. All processes agree (no one is left waiting in a collective)."""
+        what = "loss" if loss is not None and not math.isfinite(loss) else None
+        if what is None and weights and not all(bool(p.detach().isfinite().all()) for p in student.parameters()):
+            what = "weights"
+        if any_process(d, what is not None):
+            good = ckpt.list_checkpoints(out)
+            kept = f"the last good checkpoint is {good[-1][1]}" if good else "no checkpoint was written before"
+            raise FastDecodersError(
+                f"training diverged at step {step}: the {what or 'loss'} went non-finite (NaN/Inf); stopped without "
+                f"saving, {kept} (try a lower train.lr or a train.grad_clip)"
+            )
+
     def save(step: int) -> None:
+        # the loss summed since the last log point (one sync per checkpoint, not per step)
+        stop_if_diverged(step, float(running["loss"]) if "loss" in running else None, weights=True)
         check_in_sync(student, d)
         if align is not None:
             check_in_sync(align.projections, d)
@@ -632,6 +658,7 @@ def _train(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed, 
         if step % cfg.log.every == 0 or step == t.steps:
             images_per_s = clock.lap()
             values = {k: float(v) / counts[k] for k, v in running.items()}
+            stop_if_diverged(step, values["loss"], weights=False)
             phase_index = -1 if current_phase is None else current_phase
             log.step(step, {**values, "lr": scheduler.get_last_lr()[0], "images_per_s": images_per_s,
                             "phase": phase_index})  # fmt: skip
