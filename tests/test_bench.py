@@ -224,14 +224,14 @@ def test_cli_table_without_json(capsys, tmp_path):
 
 
 def test_cli_skips_frame_counts_a_video_decoder_cannot_make(capsys, tmp_path):
-    code, out, err = _bench(capsys, "tae-causal-wan2.1", "--tiny", "--sizes", "5x32x32,4x32x32", "--runs", "1",
+    code, out, err = _bench(capsys, "taew2_1", "--tiny", "--sizes", "5x32x32,4x32x32", "--runs", "1",
                             "--warmup", "0", "--no-peak", "--json", "-o", str(tmp_path / "v.png"))  # fmt: skip
     assert code == 0, err
     result = json.loads(out)
     assert {(r["decoder"], r["shape"]) for r in result["rows"]} == {
-        ("tae-causal-wan2.1", "1x3x5x32x32"), ("wan2.1-vae", "1x3x5x32x32")}  # fmt: skip
+        ("taew2_1", "1x3x5x32x32"), ("wan2.1-vae", "1x3x5x32x32")}  # fmt: skip
     assert {(s["decoder"], s["shape"]) for s in result["skipped"]} == {
-        ("tae-causal-wan2.1", "4x32x32"), ("wan2.1-vae", "4x32x32")}  # fmt: skip
+        ("taew2_1", "4x32x32"), ("wan2.1-vae", "4x32x32")}  # fmt: skip
     assert all("1 + 4" in s["reason"] for s in result["skipped"])
 
 
@@ -341,7 +341,7 @@ def test_cli_pipeline_full_run_on_a_tiny_wan(capsys, tmp_path):
     assert code == 0, err
     (row,) = json.loads(out)["rows"]
     assert row["method"] == "measured" and row["steps"] == 2 and row["shape"] == "1x3x5x32x32"
-    assert row["decoder"] == "tae-causal-wan2.1" and row["teacher"] == "wan2.1-vae"
+    assert row["decoder"] == "taew2_1" and row["teacher"] == "wan2.1-vae"
     assert 0 < row["ms_decode"] < row["ms_total"] and 0 < row["ms_decode_teacher"] < row["ms_total_teacher"]
 
 

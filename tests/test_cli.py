@@ -61,7 +61,7 @@ def test_decode_video_frame_wise(capsys, tmp_path):
 
 def test_decode_video_with_causal_decoder(capsys, tmp_path):
     pytest.importorskip("av")
-    decoder = save_decoder(build_decoder("tae-causal-wan2.1", tiny=True), tmp_path / "tiny_wan.safetensors")
+    decoder = save_decoder(build_decoder("taew2_1", tiny=True), tmp_path / "tiny_wan.safetensors")
     z = latents_file(tmp_path, torch.randn(1, 16, 3, 4, 4))  # Wan latents: (B, C, t, h, w)
     code, out, err = run_cli(capsys, "decode", decoder, z, "-o", tmp_path / "wan.mp4", "--json")
     assert code == 0, err

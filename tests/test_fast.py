@@ -33,7 +33,7 @@ CASES = {  # name: (latent shape, call kwargs)
     "taesdxl": ((2, 4, 9, 11), {}),
     "effvit-attn-sdxl": ((1, 4, 8, 6), {}),
     "tae-temporal-svd": ((4, 4, 6, 5), {"num_frames": 2}),
-    "tae-causal-wan2.1": ((1, 16, 3, 4, 5), {}),
+    "taew2_1": ((1, 16, 3, 4, 5), {}),
 }
 
 
@@ -90,9 +90,9 @@ def test_fp16_policy():
     tae = optimize(build_decoder("taesdxl", tiny=True), dtype="float16")
     assert next(tae.parameters()).dtype == torch.float16
     with pytest.warns(UserWarning, match="bfloat16"):
-        causal = optimize(build_decoder("tae-causal-wan2.1", tiny=True), dtype=torch.float16)
+        causal = optimize(build_decoder("taew2_1", tiny=True), dtype=torch.float16)
     assert next(causal.parameters()).dtype == torch.bfloat16
-    forced = optimize(build_decoder("tae-causal-wan2.1", tiny=True), dtype="float16", allow_fp16_overflow=True)
+    forced = optimize(build_decoder("taew2_1", tiny=True), dtype="float16", allow_fp16_overflow=True)
     assert next(forced.parameters()).dtype == torch.float16
 
 

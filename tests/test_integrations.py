@@ -226,8 +226,8 @@ def check_run(name: str, run: Run) -> None:
         ("sd3", "taesd3"),
         ("flux", "taef1"),
         ("svd", "taesd"),  # an sd1 image decoder on SVD latents, frame by frame (the temporal one: below)
-        ("wan", "tae-causal-wan2.1"),
-        ("ltx", "tae-causal-ltx-video"),
+        ("wan", "taew2_1"),
+        ("ltx", "taehv-ltx-video"),
     ],
 )
 def test_pipeline_decodes_with_ours(name: str, decoder: str):
@@ -334,7 +334,7 @@ def test_restore_nesting_and_delegation():
 def test_decode_return_dict_and_positional_args():
     """decode follows the original VAE's positional order (LTX: temb before return_dict) and return_dict."""
     pipe = pipeline("ltx")
-    with fastdecoders.use(pipe, fastdecoders.build_decoder("tae-causal-ltx-video", tiny=True)):
+    with fastdecoders.use(pipe, fastdecoders.build_decoder("taehv-ltx-video", tiny=True)):
         raw = torch.randn(1, 128, 2, 2, 2)
         (video,) = pipe.vae.decode(raw, None, False)
         assert video.shape == (1, 3, 9, 64, 64)

@@ -191,7 +191,7 @@ def test_pipeline_adapter_heavy_is_the_pipelines_vae():
 
 
 def test_video_chunk_routing_matches_per_chunk_reference():
-    light, heavy = tiny("tae-causal-wan2.1", 1), tiny("tae-causal-wan2.1", 2)
+    light, heavy = tiny("taew2_1", 1), tiny("taew2_1", 2)
     torch.manual_seed(0)
     gate = Gate(GateConfig(16, "latent", 8, 8)).eval()
     z = torch.randn(1, 16, 7, 4, 4, generator=torch.Generator().manual_seed(9))
@@ -228,7 +228,7 @@ def test_video_chunk_routing_matches_per_chunk_reference():
 
 
 def test_features_gate_needs_a_tae_light(pair):
-    light, heavy = tiny("tae-causal-wan2.1", 1), tiny("tae-causal-wan2.1", 2)
+    light, heavy = tiny("taew2_1", 1), tiny("taew2_1", 2)
     with pytest.raises(FastDecodersError, match="features"):
         SwitchDecoder(SwitchConfig("l", "h", "features", 0.0, "0", 16, 8, 8), light, heavy,
                       Gate(GateConfig(16, "features", 8, 8)))  # fmt: skip

@@ -194,3 +194,29 @@ def test_real_wan_latents_decode_with_random_taew2_1(shared_dir):
         pushed = torch.cat([full.stream().push(crop[:, :, :1]), full.stream().push(crop[:, :, :1])], 2)
     assert out.shape == (1, 3, 9, 48, 48) and torch.isfinite(out).all()
     assert pushed.shape[2] == 2  # two fresh streams: one frame each for a first latent frame
+
+
+@pytest.mark.parametrize("name", ["taew2_1", "taew2_2", "taehv_super_like", "taehv-ltx-video"])
+def test_output_frames_depend_only_on_current_and_past_latents_and_state_stays_constant(name):
+    spec = get_spec("taehv1_5_super" if name == "taehv_super_like" else name)
+    decoder = build_decoder(spec, tiny=True).eval()
+    space, k = spec.latent_space, spec.latent_space.temporal_factor
+    h = 1 if space.spatial_factor == 32 else 2
+    z = torch.randn(1, space.channels, 5, h, h)
+    with torch.no_grad():
+        full = decoder(z)
+        for changed in (1, 3):
+            perturbed = z.clone()
+            perturbed[:, :, changed] += 1.0
+            out = decoder(perturbed)
+            first = 1 + k * (changed - 1)  # the first pixel frame of latent frame `changed`
+            assert (out[:, :, :first] - full[:, :, :first]).abs().max() <= 1e-6
+            assert (out[:, :, first] - full[:, :, first]).abs().max() > 1e-4
+    stream = decoder.stream()
+    sizes = []
+    for i in range(5):
+        stream.push(z[:, :, i : i + 1])
+        sizes.append(sum(s.numel() for s in stream.states if isinstance(s, torch.Tensor)))
+    assert sizes[1] == sizes[-1] > 0  # one frame per memory block, whatever the clip length
+    with pytest.raises(FastDecodersError, match="at least 1 latent frame"):
+        decoder(z[:, :, :0])

@@ -205,7 +205,7 @@ def test_temporal_decoder_renders_frames_in_chunks_exactly():
 
 
 def test_causal_decoder_streams_in_chunks_exactly():
-    decoder = build_decoder("tae-causal-wan2.1", tiny=True).eval()
+    decoder = build_decoder("taew2_1", tiny=True).eval()
     z = torch.randn(1, 16, 4, 6, 5)
     with torch.no_grad():
         whole = decoder(z)

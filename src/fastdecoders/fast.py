@@ -15,7 +15,7 @@ at 256x384): the worst layer peaks at 9.8 (taesd), 15.7 (taesdxl), 35.4 (taesd3)
 879 and 35: >= 74x. A CPU fp16 decode of a 16x16 Kodak latent crop is finite and within 0.019 of fp32 for all five
 (benchmarks/README.md, "Bounded memory (CPU)"). ``optimize(dtype=float16)`` keeps fp16 for the TAE family and
 EffViT (whose linear-attention sums already run in float32) and switches other decoders (diffusers VAEs: SDXL's is
-known to overflow in fp16; tae-causal: no trained weights measured yet) to bfloat16 with a warning, unless
+known to overflow in fp16; taehv: its published weights are not available here to measure) to bfloat16 with a warning, unless
 ``allow_fp16_overflow=True``.
 """
 
@@ -157,8 +157,8 @@ def _safe_half(decoder: nn.Module) -> torch.dtype:
 
     Safe: the TAE layers (measured on the upstream weights with Kodak and saturated latents: >= 74x headroom, see the
     module docstring) and EffViT (its only wide sums, the linear attention's, run in float32).
-    Everything else (the original diffusers VAEs: SDXL's overflows in fp16; tae-causal, not yet measured on trained
-    weights) is not known to be safe.
+    Everything else (the original diffusers VAEs: SDXL's overflows in fp16; taehv, whose published
+    weights are not available here to measure) is not known to be safe.
     """
     from fastdecoders.models.effvit import EffViTDecoder
     from fastdecoders.models.tae import TAEDecoder

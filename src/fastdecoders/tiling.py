@@ -13,7 +13,7 @@ keeping the activations of only one piece alive at a time:
 * **blended tiles** otherwise: pieces overlap by ``2·overlap`` latent pixels and are cross-faded linearly. Not exact;
   ``compare_tiled`` measures the error against the untiled decode.
 * **batch chunks**: any decoder, exact (in eval mode).
-* **frame chunks** for video: ``tae-causal`` streams latent frames through ``decoder.stream()`` (activations constant
+* **frame chunks** for video: ``taehv`` streams latent frames through ``decoder.stream()`` (activations constant
   in clip length; ``stream_decode`` yields frames without holding the clip); ``tae-temporal`` mixes frames at latent
   size once (``temporal_features``) and renders frames in chunks (``render_frames``, frame-wise): both exact.
 
@@ -49,7 +49,8 @@ PROBE_SIZE = 16
 #: come from the allocator itself; on CPU, process RSS ran 1.3-1.6x above the live-tensor estimate (allocator and
 #: oneDNN scratch; benchmarks/README.md), hence the lower fraction.
 AUTO_BUDGET_FRACTION = {"cuda": 0.8, "cpu": 0.5}
-#: rough estimate = this x the largest leaf-module output (measured peaks: 3x for TAE/EffViT, 6.5x for tae-causal).
+#: rough estimate = this x the largest leaf-module output (measured peaks: 3x for TAE/EffViT, 6.5x for a causal video
+#: decoder).
 ROUGH_FACTOR = 8
 #: default context (latent pixels per side) for blended tiles of decoders with an unbounded receptive field.
 BLEND_OVERLAP = 8
@@ -165,7 +166,7 @@ class TileReport:
     overlap: int
     #: samples (image decoders), frames (tae-temporal rendering) or clips decoded together.
     batch_chunk: int
-    #: latent frames pushed at once (tae-causal), None for other decoders.
+    #: latent frames pushed at once (taehv), None for other decoders.
     frames_per_chunk: int | None
     #: decoder calls (or stream pushes) made.
     pieces: int = 0
@@ -217,8 +218,8 @@ def _takes_num_frames(decoder: torch.nn.Module) -> bool:
 
 
 def _job(decoder: torch.nn.Module, z: torch.Tensor, num_frames: int | None) -> _Job:
-    from fastdecoders.models.causal import CausalTAEDecoder
     from fastdecoders.models.tae import TAEDecoder
+    from fastdecoders.models.taehv import TAEHVDecoder
     from fastdecoders.models.temporal import TemporalTAEDecoder
 
     if z.ndim not in (4, 5):
@@ -231,7 +232,7 @@ def _job(decoder: torch.nn.Module, z: torch.Tensor, num_frames: int | None) -> _
             features = decoder.temporal_features(z, frames)  # frames mix here, at latent size, once
         fixed = features.numel() * features.element_size()
         return _Job("temporal", features, decoder.render_frames, decoder.render_receptive_field, 1, fixed)
-    if isinstance(decoder, CausalTAEDecoder):
+    if isinstance(decoder, TAEHVDecoder):
         decoder.check_latents(z)
         return _Job("causal", z, decoder, radius, note=note)
     if isinstance(decoder, TAEDecoder) and radius is None:
@@ -274,7 +275,7 @@ def _causal_chunks(
     decoder: torch.nn.Module, z: torch.Tensor, frames_per_chunk: int
 ) -> Iterator[tuple[torch.Tensor, slice]]:
     """(pixel frames, their slice along T) for each chunk of ``frames_per_chunk`` latent frames of one clip."""
-    stream, start = decoder.stream(), 0
+    stream, start = decoder.stream(latent_frames=z.shape[2]), 0  # the clip's length: CogVideoX's rule needs it
     for t0 in range(0, z.shape[2], frames_per_chunk):
         pixels = stream.push(z[:, :, t0 : t0 + frames_per_chunk])
         yield pixels, slice(start, start + pixels.shape[2])
@@ -312,7 +313,7 @@ def _probe(decoder: torch.nn.Module, job: _Job, precise: bool = True) -> tuple[f
             if job.kind == "causal":
                 frames = min(2, x.shape[2])
                 probe = x[:1, :, :frames, : p[0], : p[1]].clone()
-                peak, out = measure(lambda p=probe: decoder.run(p, decoder.initial_state())[0], x.device)
+                peak, out = measure(lambda p=probe, n=frames: decoder.stream(latent_frames=n).push(p), x.device)
                 pixels = frames * p[0] * p[1]
             else:
                 probe = x[:batch, ..., : p[0], : p[1]].clone()
@@ -374,7 +375,8 @@ def _plan(decoder: torch.nn.Module, job: _Job, tile: int | str | None, overlap: 
                         receptive_field=job.radius, note=job.note)  # fmt: skip
     if frames_per_chunk is not None:
         if job.kind != "causal":
-            raise FastDecodersError(f"frames_per_chunk: expected a tae-causal decoder, got {type(decoder).__name__}")
+            name = type(decoder).__name__
+            raise FastDecodersError(f"frames_per_chunk: expected a causal video (taehv) decoder, got {name}")
         if frames_per_chunk < 1:
             raise FastDecodersError(f"frames_per_chunk: expected >= 1, got {frames_per_chunk}")
     if tile == "off":
@@ -472,7 +474,7 @@ def _run(decoder: torch.nn.Module, job: _Job, plan: TileReport) -> torch.Tensor:
                         shape = list(piece.shape[:-2]) + [f * h, f * w]
                         shape[0] = n
                         if job.kind == "causal":
-                            shape[2] = decoder.config.pixel_frames(x.shape[2])
+                            shape[2] = decoder.pixel_frames(x.shape[2])
                         out = piece.new_zeros(shape) if blend else piece.new_empty(shape)
                         weights = torch.zeros(f * h, f * w, device=piece.device) if blend else None
                     lead = (batch,) + (slice(None),) * (piece.ndim - 3)
@@ -533,13 +535,13 @@ def decode_tiled(
     """Decode in pieces that fit memory; returns (RGB like ``decoder(latents)``, a ``TileReport``). Runs under no_grad.
 
     Args:
-        latents: diffusion-space latents as the decoder takes them: (N, C, h, w), (N, C, t, h, w) for tae-causal and
+        latents: diffusion-space latents as the decoder takes them: (N, C, h, w), (N, C, t, h, w) for taehv and
             diffusers video VAEs, (B·T, C, h, w) with ``num_frames`` for tae-temporal / SVD.
         tile: core side of a spatial tile in latent pixels; None or "auto" chooses from the memory estimate (and may
             chunk only the batch or frames), "off" is one plain call.
         overlap: latent pixels of context per side; default the receptive field (exact) or ``BLEND_OVERLAP``.
         max_memory_bytes: budget for the estimated peak; default 80% of free CUDA memory, 50% of available RAM.
-        frames_per_chunk: latent frames pushed at once through a tae-causal stream (default: from the budget).
+        frames_per_chunk: latent frames pushed at once through a taehv stream (default: from the budget).
 
     Returns:
         RGB in about [-1, 1] shaped as ``decoder(latents)``; report.exact says whether it equals it to rounding.

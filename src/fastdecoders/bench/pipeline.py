@@ -30,7 +30,7 @@ from fastdecoders.integrations.tiny import tiny_pipeline
 
 PIPELINES = ("sdxl", "svd", "wan2.1")
 TEACHERS = {"sdxl": "sdxl-vae", "svd": "svd-vae", "wan2.1": "wan2.1-vae"}
-DEFAULT_DECODERS = {"sdxl": "taesdxl", "svd": "tae-temporal-svd", "wan2.1": "tae-causal-wan2.1"}
+DEFAULT_DECODERS = {"sdxl": "taesdxl", "svd": "tae-temporal-svd", "wan2.1": "taew2_1"}
 LATENTS = {"sdxl": "sdxl", "svd": "svd", "wan2.1": "wan2.1"}
 SIZES = {"sdxl": Size(1024, 1024), "svd": Size(576, 1024, 14), "wan2.1": Size(480, 832, 81)}
 TINY_SIZES = {"sdxl": Size(64, 64), "svd": Size(64, 64, 3), "wan2.1": Size(32, 32, 5)}

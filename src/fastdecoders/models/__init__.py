@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastdecoders.models.base import Decoder, DecoderOutput
-from fastdecoders.models.causal import CausalTAEDecoder
 from fastdecoders.models.effvit import EffViTDecoder
 from fastdecoders.models.tae import TAEConfig, TAEDecoder, TAEEncoder, TAEEncoderConfig
 from fastdecoders.models.taehv import TAEHVDecoder
@@ -12,7 +11,7 @@ from fastdecoders.models.temporal import TemporalTAEDecoder
 
 ARCHITECTURES: dict[str, type[Decoder]] = {
     cls.arch: cls
-    for cls in (TAEDecoder, EffViTDecoder, TemporalTAEDecoder, CausalTAEDecoder, TAEHVDecoder, DiffusersVAEDecoder)
+    for cls in (TAEDecoder, EffViTDecoder, TemporalTAEDecoder, TAEHVDecoder, DiffusersVAEDecoder)
 }
 
 __all__ = ["ARCHITECTURES", "Decoder", "DecoderOutput", "TAEConfig", "TAEDecoder", "TAEEncoder", "TAEEncoderConfig"]

@@ -173,7 +173,7 @@ class TimeFold(_Temporal):
         return self.conv(groups).reshape(b, n // self.stride, c, h, w), rest
 
 
-def _per_frame(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+def per_frame(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """Stateless layers run on every frame of the chunk (B, T, C, H, W) as one batch."""
     y = x.flatten(0, 1)
     for layer in layers:
@@ -242,7 +242,7 @@ class _Layers(nn.ModuleList):
         for i in range(start, len(self.steps)):
             step = self.steps[i]
             if isinstance(step, list):
-                x = _per_frame(step, x)
+                x = per_frame(step, x)
             else:
                 x, states[i] = step(x, states[i])
             if x.shape[1] == 0:
@@ -296,6 +296,13 @@ class TAEHVDecoder(Decoder):
             )
         return space
 
+    def pixel_frames(self, latent_frames: int) -> int:
+        """Pixel frames this decoder makes of ``latent_frames`` (the latent space's rule)."""
+        space = self.frame_space
+        if space is None:
+            return 1 + self.config.temporal_factor * (latent_frames - 1)
+        return space.pixel_frames(latent_frames)
+
     def check_latents(self, latents: torch.Tensor) -> None:
         c = self.config.latent_channels
         if not isinstance(latents, torch.Tensor) or latents.ndim != 5 or latents.shape[1] != c:
@@ -314,6 +321,8 @@ class TAEHVDecoder(Decoder):
             (B, 3, T, f·h, f·w) RGB, about [-1, 1] (not clamped), T = ``pixel_frames(t)`` of the latent space.
         """
         self.check_latents(latents)
+        if latents.shape[2] < 1:
+            raise FastDecodersError(f"{self.arch}: need at least 1 latent frame, got shape {tuple(latents.shape)}")
         gate = FrameGate(self, latents.shape[2])
         raw = self.decoder.run(latents.transpose(1, 2), self.decoder.initial_state())
         return gate.keep(raw).transpose(1, 2)
@@ -422,11 +431,11 @@ class FrameGate:
         position = index % self.unit if self.unit else index
         kept = (position >= self.drop).nonzero().flatten()
         if kept.numel() == raw.shape[1]:
-            return _to_pm1(raw)
-        return _to_pm1(raw[:, kept.to(raw.device)]) if kept.numel() else None
+            return to_pm1_frames(raw)
+        return to_pm1_frames(raw[:, kept.to(raw.device)]) if kept.numel() else None
 
 
-def _to_pm1(raw: torch.Tensor) -> torch.Tensor:
+def to_pm1_frames(raw: torch.Tensor) -> torch.Tensor:
     """The network's pre-shuffle output (B, n, 3·p², h, w) in about [0, 1] -> (B, n, 3, p·h, p·w) in [-1, 1]."""
     p = int(math.isqrt(raw.shape[2] // 3))
     if p > 1:
