@@ -219,6 +219,7 @@ def test_bad_invocations_exit_2_with_one_line(capsys, tmp_path, tiny, monkeypatc
     code, _, err = run_cli(capsys, "decode", tiny, tmp_path / "a", "-o", tmp_path / "out", "--engine", "ray",
                            "--no-progress")  # fmt: skip
     assert code == 2 and "pip install 'fastdecoders[scale]'" in one_error_line(err)
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_legacy_single_file_decode_is_unchanged(capsys, tmp_path, tiny):

@@ -94,6 +94,10 @@ def run_decode_job(job: DecodeJob) -> dict:
     from tqdm import tqdm
 
     job.check()
+    if job.engine == "ray":
+        from fastdecoders.batch.ray_engine import import_ray
+
+        import_ray()  # without the [scale] extra: one line, before anything is written
     started = time.perf_counter()
     out_dir = Path(job.out)
     clean_stale_temps(out_dir)
