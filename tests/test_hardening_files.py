@@ -196,3 +196,14 @@ def test_lock_leaves_nothing_when_nothing_was_written(tmp_path):
     with pytest.raises(FastDecodersError, match="boom"), locked_folder(out, "eval"):
         raise FastDecodersError("boom")
     assert not out.exists()
+
+
+def test_any_file_system_refusal_is_one_line(capsys, tmp_path, latents, monkeypatch):
+    # e.g. a weights folder this user may not enter: pathlib raises PermissionError from deep inside a check
+    def denied(stem, weights_dir=None):
+        raise PermissionError(13, "Permission denied", f"/locked/{stem}.safetensors")
+
+    monkeypatch.setattr("fastdecoders.weights.find_weights", denied)
+    code, _, err = run_cli(capsys, "decode", "taesdxl", latents, "-o", tmp_path / "x.png")
+    line = one_error_line(err)
+    assert code == 2 and line == "fastdecoders decode: error: Permission denied: /locked/taesdxl_decoder.safetensors"

@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     except FastDecodersError as e:
         print(f"fastdecoders {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        # a file-system refusal that no check above turned into a FastDecodersError: still one line, never "missing"
+        # for a permission problem (the OS's own reason and the path it named)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"fastdecoders {args.verb}: error: {e.strerror or type(e).__name__}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"fastdecoders {args.verb}: interrupted", file=sys.stderr)
         return 130
