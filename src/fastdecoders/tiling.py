@@ -545,11 +545,15 @@ def decode_tiled(
 
     Returns:
         RGB in about [-1, 1] shaped as ``decoder(latents)``; report.exact says whether it equals it to rounding.
+
+    Raises:
+        FastDecodersError: with ``tile`` None/"auto", when the decoded pixels alone exceed the budget (no tiling
+            can help: the output is held whole), before anything is decoded.
     """
-    job = _job(decoder, latents, num_frames)
-    plan = _plan(decoder, job, tile, overlap, max_memory_bytes, frames_per_chunk)
     from fastdecoders.io import format_bytes
 
+    job = _job(decoder, latents, num_frames)
+    plan = _plan(decoder, job, tile, overlap, max_memory_bytes, frames_per_chunk)
     if tile in (None, "auto") and not plan.fits and (plan.output_bytes or 0) > (plan.budget_bytes or 0):
         raise FastDecodersError(
             f"latents of shape {tuple(latents.shape)} decode to {format_bytes(plan.output_bytes)} of pixels, more "
