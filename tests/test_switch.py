@@ -199,7 +199,8 @@ def test_video_chunk_routing_matches_per_chunk_reference():
     from fastdecoders.switching.video import chunk_scores
 
     chunk, context = 2, 1
-    scores = chunk_scores(gate, z, chunk)[0]
+    with torch.no_grad():
+        scores = chunk_scores(gate, z, chunk)[0]
     thr = float(scores.median())
     cfg = SwitchConfig("l", "h", "latent", thr, None, 16, 8, 8, chunk=chunk, context=context)
     sw = SwitchDecoder(cfg, light, heavy, gate).eval()
@@ -233,3 +234,27 @@ def test_features_gate_needs_a_tae_light(pair):
         SwitchDecoder(SwitchConfig("l", "h", "features", 0.0, "0", 16, 8, 8), light, heavy,
                       Gate(GateConfig(16, "features", 8, 8)))  # fmt: skip
     assert light_head(pair[0], latents(1), "5").shape[1] == pair[0].config.widths[0]
+
+
+def test_cli_fit_json_then_every_loader_takes_the_file(capsys, tmp_path, taesd_weights_dir, kodak_dir):
+    import json
+
+    from tests.cli_helpers import one_error_line, run_cli
+
+    light = save_decoder(tiny("taef2", 4), tmp_path / "light.safetensors")  # a random light, the real TAEF2 heavy
+    out = tmp_path / "sw.safetensors"
+    code, stdout, err = run_cli(capsys, "switch", "fit", light, "taef2", "--images", kodak_dir, "--limit", 6,
+                                "--size", 32, "--budget", 0.2, "--epochs", 10, "--weights-dir", taesd_weights_dir,
+                                "-o", out, "--json")  # fmt: skip
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["items_held_back"] == 1 and report["held_back_heavy_fraction"] == 0.0 and out.is_file()
+    assert set(report["held_back_psnr"]) == {"light", "heavy", "switch", "gap_recovered"}
+    sw = fastdecoders.load_decoder(out, weights_dir=taesd_weights_dir)  # heavy by name: found on the weights path
+    assert isinstance(sw, SwitchDecoder) and sw.config.heavy == "taef2" and sw.config.light == "light.safetensors"
+    code, _, err = run_cli(capsys, "switch", "fit", light, "taesdxl", "--images", kodak_dir, "--budget", 0.2,
+                           "--weights-dir", taesd_weights_dir, "-o", tmp_path / "x.safetensors")  # fmt: skip
+    assert code == 2 and "same latent space" in one_error_line(err) and not (tmp_path / "x.safetensors").exists()
+    code, _, err = run_cli(capsys, "switch", "fit", light, "taef2", "--images", kodak_dir, "--floor", "most",
+                           "-o", tmp_path / "y.safetensors")  # fmt: skip
+    assert code == 2 and "FRACTION@DB" in one_error_line(err)

@@ -283,14 +283,14 @@ def _decoder_from_header(header: dict[str, Any], source: str) -> Decoder:
     return decoder
 
 
-def _load_file(path: Path) -> Decoder:
+def _load_file(path: Path, weights_dir: str | os.PathLike | None = None) -> Decoder:
     state, metadata = read_state_dict(path)
     if METADATA_KEY in metadata:
         header = json.loads(metadata[METADATA_KEY])
         if header.get("arch") == "switch":  # a dynamic switch: a gate plus the names of its two decoders
             from fastdecoders.switching.file import load_switch
 
-            return load_switch(path, header, state)
+            return load_switch(path, header, state, weights_dir)
         decoder = _decoder_from_header(header, str(path))
     elif _is_upstream_tae(state):
         decoder = TAEDecoder(tae_config_from_state_dict(state))
@@ -326,10 +326,10 @@ def _guess_space_from_channels(config: TAEConfig) -> str | None:
     return "flux2" if config.latent_channels == 32 and config.pool else None
 
 
-def _load_path(path: Path) -> Decoder:
+def _load_path(path: Path, weights_dir: str | os.PathLike | None = None) -> Decoder:
     if path.is_dir():
         if (path / "model.safetensors").is_file():
-            return _load_file(path / "model.safetensors")
+            return _load_file(path / "model.safetensors", weights_dir)
         from fastdecoders.models.teachers import load_diffusers_vae, vae_folder
 
         if vae_folder(path) is not None:  # an original diffusers VAE (a teacher) with its real weights
@@ -337,7 +337,7 @@ def _load_path(path: Path) -> Decoder:
         if (path / "config.json").is_file():
             return _load_diffusers_tiny_folder(path)
         raise FastDecodersError(f"{path} holds neither model.safetensors nor a diffusers config.json")
-    return _load_file(path)
+    return _load_file(path, weights_dir)
 
 
 def _load_hub(repo_id: str, source_name: str | None = None) -> Decoder:
@@ -375,7 +375,7 @@ def load_decoder(
         decoder = _load_registered(spec, weights_dir) if pretrained else build_decoder(spec)
         decoder.latent_space_name, decoder.registry_name = spec.latents, spec.name
     elif Path(target).exists():
-        decoder = _with_space(_load_path(Path(target)), latents, target)
+        decoder = _with_space(_load_path(Path(target), weights_dir), latents, target)
     elif target.count("/") == 1 and not target.startswith((".", "/")) and not Path(target).suffix:
         decoder = _with_space(_load_hub(target), latents, target)
     else:

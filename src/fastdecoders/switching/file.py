@@ -54,9 +54,11 @@ def _resolve(target: str, folder: Path) -> str:
     return str(local) if local.exists() else target
 
 
-def load_switch(path: Path, header: dict[str, Any], state: dict[str, Any]) -> SwitchDecoder:
+def load_switch(path: Path, header: dict[str, Any], state: dict[str, Any],
+                weights_dir: str | os.PathLike | None = None) -> SwitchDecoder:  # fmt: skip
     """A ``SwitchDecoder`` from a switch file's header and gate weights; its light and heavy decoders are loaded by
-    name or path (relative to the file first). Missing decoders are one error naming them."""
+    name or path (relative to the file first; names on the weights path, ``weights_dir`` first). Missing decoders
+    are one error naming them."""
     from fastdecoders.weights import load_decoder, load_strict
 
     config = config_from_dict(SwitchConfig, header.get("config", {}))
@@ -67,7 +69,7 @@ def load_switch(path: Path, header: dict[str, Any], state: dict[str, Any]) -> Sw
             decoders[role] = None
             continue
         try:
-            decoders[role] = load_decoder(_resolve(target, path.parent))
+            decoders[role] = load_decoder(_resolve(target, path.parent), weights_dir=weights_dir)
         except FastDecodersError as e:
             missing.append(f"{role} decoder {target!r} ({e})")
     if missing:
