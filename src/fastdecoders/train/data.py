@@ -36,7 +36,7 @@ from fastdecoders.io import (
     read_video,
 )
 from fastdecoders.latents import LatentSpace, to_01
-from fastdecoders.shards import Shard, read_shard, write_shard
+from fastdecoders.shards import Shard, list_shards, read_shard, write_shard
 from fastdecoders.train.config import DataConfig
 
 CACHE_VERSION = 2  # 2: latents shards (fastdecoders.shards)
@@ -305,6 +305,45 @@ def read_split(paths: list[Path]) -> tuple[Split, list[str], list[list[float]]]:
         # a list is kept only when every item has the tensor (all or none are written)
         setattr(data, name, values if values and len(values) == len(data) else None)
     return data, skipped, metrics
+
+
+def rank_shards(cfg: DataConfig, rank: int, world: int) -> tuple[list[Path], list[Path]]:
+    """(this process's training shards, the validation shards) of ``data.shards`` / ``data.val_shards``.
+
+    Training shard i goes to process i mod world, so each process reads (and holds) only its own share; every process
+    reads the validation shards. Without ``val_shards`` the last shard of ``data.shards`` is held out for validation.
+    """
+    paths = list_shards(cfg.shards)
+    if cfg.val_shards:
+        val = list_shards(cfg.val_shards)
+        paths = [p for p in paths if p not in set(val)]
+    else:
+        val, paths = paths[-1:], paths[:-1]
+    if len(paths) < world:
+        held = "" if cfg.val_shards else " (the last one is held out for validation)"
+        raise FastDecodersError(f"data.shards: {world} processes need at least {world} training shards, got "
+                                f"{len(paths)}{held}; write smaller shards (encode --shard-items)")  # fmt: skip
+    return paths[rank::world], val
+
+
+def load_shards(cfg: DataConfig, rank: int, world: int) -> tuple[Split, Split, dict]:
+    """(train, val, info) straight from latents shards (``data.shards``): no cache is built; this process loads only
+    its own training shards (``rank_shards``). The info dict has the keys ``prepare_data``'s has."""
+    import time
+
+    start = time.perf_counter()
+    mine, val_paths = rank_shards(cfg, rank, world)
+    train, skipped, _ = read_split(mine)
+    val, skipped_val, metrics = read_split(val_paths)
+    if not len(train) or not len(val):
+        raise FastDecodersError(f"data.shards: no {'training' if not len(train) else 'validation'} items in "
+                                f"{[str(p) for p in (mine if not len(train) else val_paths)]}")  # fmt: skip
+    teacher_val = None
+    if metrics:
+        teacher_val = {"psnr": mean([mean(m[0]) for m in metrics]), "ssim": mean([mean(m[1]) for m in metrics])}
+    return train, val, {"folder": ", ".join(str(p) for p in mine), "train_items": len(train), "val_items": len(val),
+                        "teacher_val": teacher_val, "skipped": skipped + skipped_val,
+                        "seconds": time.perf_counter() - start, "reused": True}  # fmt: skip
 
 
 # -- batches --------------------------------------------------------------------------------------------------------
