@@ -7,6 +7,10 @@
 * ``"channels_last"``: that, plus NHWC weights and inputs (cuDNN / oneDNN's fast layout for 3x3 convs);
   outputs stay NHWC-strided (no copy back; ``.contiguous()`` if a consumer needs NCHW storage);
 * ``"compile"``: that, plus ``torch.compile`` (inductor fuses conv epilogues: bias + ReLU + residual add).
+* ``"onnxruntime"``: that, exported to ONNX once (cached on disk) and run by ONNX Runtime (``fastdecoders.backends``):
+  returns a new module, called like the decoder, that holds it;
+* ``"auto"``: the fastest of the above measured for this decoder, latents ``shape``, dtype and device, cached
+  (``fastdecoders.backends.choose_backend``); ``.fastdecoders_auto`` records the measurement.
 
 fp16 safety. ``activation_ranges`` records the max |activation| of every layer; ``fp16_report`` compares it with
 fp16's largest finite value, 65504. Upstream weights (../shared/weights/taesd), 12 Kodak images (kodim01, 03, ..., 23
@@ -29,7 +33,7 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 
-BACKENDS = ("eager", "channels_last", "compile")
+BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "auto")
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 
 
@@ -117,6 +121,8 @@ def optimize(
     compile_mode: str | None = None,
     fuse: bool = True,
     allow_fp16_overflow: bool = False,
+    shape: tuple[int, ...] | None = None,
+    num_frames: int | None = None,
 ) -> nn.Module:
     """The decoder, in place, ready for inference with ``backend`` (see the module docstring).
 
@@ -125,9 +131,12 @@ def optimize(
         compile_mode: ``torch.compile`` mode for backend "compile" (e.g. "max-autotune"); None is the default.
         fuse: fold BatchNorm into convs (exact up to float rounding).
         allow_fp16_overflow: keep float16 even where the fp16 analysis cannot rule out overflow.
+        shape: latents shape ``auto`` measures at (default: one 512x512 image, or a 3-latent-frame 256x256 clip).
+        num_frames: frames per clip of ``shape`` for SVD-style temporal decoders under ``auto``.
 
     Returns:
-        The same module object: latents in, RGB in about [-1, 1] out, as before; ``.fastdecoders_backend`` says how.
+        The same module object (a wrapper of it for ``onnxruntime``): latents in, RGB in about [-1, 1] out, as before;
+        ``.fastdecoders_backend`` says how.
     """
     if backend not in BACKENDS:
         raise FastDecodersError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -143,6 +152,18 @@ def optimize(
     if dtype == torch.float16 and not allow_fp16_overflow:
         dtype = _safe_half(decoder)
     decoder.to(device=device, dtype=dtype)
+    if backend == "auto":
+        from fastdecoders.backends import choose_backend
+
+        shape, num_frames = _auto_shape(decoder, shape, num_frames)
+        choice = choose_backend(decoder, shape, num_frames=num_frames)
+        decoder = optimize(decoder, backend=choice["backend"], fuse=False)
+        decoder.fastdecoders_auto = choice
+        return decoder
+    if backend == "onnxruntime":
+        from fastdecoders.backends import runtime_decoder
+
+        return runtime_decoder(decoder)
     if backend in ("channels_last", "compile"):
         decoder.to(memory_format=torch.channels_last)
         decoder.register_forward_pre_hook(_to_channels_last)
@@ -150,6 +171,24 @@ def optimize(
         decoder.compile(mode=compile_mode)
     decoder.fastdecoders_backend = backend
     return decoder
+
+
+def _auto_shape(decoder: nn.Module, shape: tuple[int, ...] | None, num_frames: int | None):
+    """(latents shape, num_frames) for ``auto``: the given ones, or a 512x512 image / 256x256 clip of the family."""
+    from fastdecoders.latents import get_latent_space
+    from fastdecoders.models.base import call_kind
+
+    kind = call_kind(decoder)
+    if shape is not None:
+        return tuple(shape), (num_frames or shape[0]) if kind == "temporal" else None
+    space_name = getattr(decoder, "latent_space_name", None)
+    f = get_latent_space(space_name).spatial_factor if space_name else 8
+    c = decoder.latent_channels
+    if kind == "video":
+        return (1, c, 3, 256 // f, 256 // f), None
+    if kind == "temporal":
+        return (4, c, 256 // f, 256 // f), 4
+    return (1, c, 512 // f, 512 // f), None
 
 
 def _safe_half(decoder: nn.Module) -> torch.dtype:

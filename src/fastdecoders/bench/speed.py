@@ -24,7 +24,7 @@ from fastdecoders.latents import get_latent_space
 
 ROW_KEYS = ("decoder", "shape", "dtype", "backend", "ms_median", "ms_min", "peak_mem_mb", "gflops", "tflops",
             "speedup_vs_teacher", "teacher")  # fmt: skip
-BACKENDS = ("eager", "channels_last", "compile", "cuda-graphs")
+BACKENDS = ("eager", "channels_last", "compile", "cuda-graphs", "onnxruntime", "auto")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 #: the issue's grid: images (side) and videos (pixel frames × H × W).
@@ -190,11 +190,16 @@ def prepare(decoder: nn.Module, args: tuple, kwargs: dict, backend: str) -> Call
         decoder = torch.compile(decoder)
     if backend == "cuda-graphs":
         return _cuda_graph(decoder, args, kwargs)
+    if backend in ("onnxruntime", "auto"):  # export (cached on disk) / the auto measurement happen here, untimed
+        from fastdecoders.fast import optimize
+
+        decoder = optimize(decoder, backend=backend, shape=tuple(args[0].shape), num_frames=kwargs.get("num_frames"))
 
     def step() -> torch.Tensor:
         with torch.inference_mode():
             return decoder(*args, **kwargs)
 
+    step.chosen = getattr(decoder, "fastdecoders_backend", backend)  # what auto picked
     return step
 
 
@@ -356,6 +361,8 @@ def run_grid(grid: Grid, progress: bool = True, peaks: dict[str, float] | None =
             if (name, shape) not in flops_cache:  # FLOPs depend on the shape only, not on dtype or backend
                 flops_cache[(name, shape)] = count_flops(lambda d=decoder, a=args, k=kwargs: d(*a, **k))
             step = prepare(decoder, args, kwargs, backend)
+            if backend == "auto":
+                cell["backend"] = f"auto:{step.chosen}"  # the default path, and what it ran
             timing, peak_mb = measure(step, device, grid.warmup, grid.runs, _tensor_mb(decoder, args))
         except torch.OutOfMemoryError:
             skipped.append({**cell, "reason": "out of memory"})

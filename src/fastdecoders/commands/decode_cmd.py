@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from fastdecoders.backends import add_backend_argument, apply_backend, call_shape, describe
 from fastdecoders.batch import cli as batch_cli
 from fastdecoders.commands import add_device, add_weights_dir
 from fastdecoders.errors import FastDecodersError
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="budget for --tile auto (default: 80%% of free CUDA memory, 50%% of RAM)")  # fmt: skip
     add_weights_dir(parser)
     add_device(parser)
+    add_backend_argument(parser)
     parallel_cli.add_arguments(parser)  # --parallel: under torchrun, one decode split across the ranks
     batch_cli.add_arguments(parser)  # many shards: --engine embedded|ray, manifest, resume
 
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.raw:
         latents = space.to_diffusion(latents.float())
     latents = latents.to(args.device, getattr(torch, args.dtype))
+    decoder = apply_backend(decoder, args.backend, *call_shape(decoder, latents))
     out = Path(args.out)
     tiled = _Tiled(decoder, tile, budget)
     if latents.ndim == 5:  # checked before decoding: a bad name must not cost a whole decode
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
             result = _decode_video(tiled, space, latents, out, args.fps)
         else:
             result = _decode_images(tiled, latents, out)
-    return {**result, "tiling": tiled.report}
+    return {**result, "tiling": tiled.report, **describe(decoder)}
 
 
 class _Tiled:

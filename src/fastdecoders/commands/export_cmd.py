@@ -16,7 +16,7 @@ from fastdecoders.errors import FastDecodersError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("decoder", help="registry name, weights file/folder, or hub id (tae, effvit, tae-temporal "
-                        "or tae-causal architectures)")  # fmt: skip
+                        "or taehv architectures)")  # fmt: skip
     parser.add_argument("-o", "--out", required=True, help="output .onnx file (weights inside)")
     parser.add_argument("--dynamic-shape", action="store_true", help="batch 1..64 and latent sides 2..512 (frames "
                         "1..256 for video); default: exactly --batch x --size")  # fmt: skip
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "images, 256 for video); a static export takes exactly this")  # fmt: skip
     parser.add_argument("--batch", type=int, default=1, help="example batch size")
     parser.add_argument("--frames", type=int, default=None, help="latent frames per call: a clip's frames "
-                        "(tae-temporal, default 4) or a streaming step's chunk (tae-causal, default 1)")  # fmt: skip
+                        "(tae-temporal, default 4) or a streaming step's chunk (taehv, default 1)")  # fmt: skip
     parser.add_argument("--latents", default=None, help="real latents file to verify with (default: a sample photo "
                         "through the family's TAE encoder, where there is one)")  # fmt: skip
     parser.add_argument("--latents-space", dest="space", default=None, help="latent space if the source lacks it")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastdecoders.backends import add_backend_argument, apply_backend, describe
 from fastdecoders.commands import add_device, add_weights_dir, format_table
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import (
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: 80%% of free CUDA memory, 50%% of RAM)")  # fmt: skip
     add_weights_dir(parser)
     add_device(parser)
+    add_backend_argument(parser)
 
 
 def sample_photo_paths() -> list[Path]:
@@ -71,6 +73,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.size is not None and (args.size <= 0 or args.size % space.spatial_factor):
         raise FastDecodersError(f"--size must be a positive multiple of {space.spatial_factor}, got {args.size}")
     encoder = load_encoder(space.tae_encoder, args.weights_dir, device=args.device, dtype=dtype)
+    c, f = decoder.latent_channels, space.spatial_factor
+    decoder = apply_backend(decoder, args.backend, (1, c, args.size // f, args.size // f) if args.size else None)
     paths = list_images(args.images) if args.images else sample_photo_paths()
     paths = paths[: args.limit] if args.limit else paths
     rows, cells = [], []
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
     grid = write_image(_grid(cells, [r["psnr"] for r in rows]), args.out)
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("psnr", "ssim")}
     return {"decoder": str(args.decoder), "encoder": space.tae_encoder, "mean": mean, "images": rows,
-            "grid": str(grid)}  # fmt: skip
+            "grid": str(grid), **describe(decoder)}  # fmt: skip
 
 
 def _grid(pairs: list[list[torch.Tensor]], psnrs: list[float], height: int = 256, pad: int = 4) -> torch.Tensor:

@@ -5,7 +5,7 @@ What the graph takes and returns depends on the decoder's kind (``graph_kind``):
 * ``image`` (tae, effvit): ``latents`` (B, C, h, w) diffusion-space -> ``image`` (B, 3, f·h, f·w) RGB in [-1, 1];
 * ``clip`` (tae-temporal): ``latents`` (B, T, C, h, w) -> ``video`` (B, T, 3, f·h, f·w): one clip of T frames per
   batch item (SVD's (B·T, C, h, w) + ``num_frames``, made explicit so that T is a graph dimension);
-* ``stream`` (tae-causal): one streaming step, see ``fastdecoders.export.stream``.
+* ``stream`` (taehv): one streaming step, see ``fastdecoders.export.stream``.
 
 The exported shape range is written into the model's metadata (key ``fastdecoders``, JSON) so that
 ``fastdecoders.export.runtime.OnnxDecoder`` can refuse a shape outside it with one clear line instead of an ONNX
@@ -29,7 +29,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 
 #: architectures that export, by graph kind; everything else is refused with this list.
-SUPPORTED = {"tae": "image", "effvit": "image", "tae-temporal": "clip", "tae-causal": "stream"}
+SUPPORTED = {"tae": "image", "effvit": "image", "tae-temporal": "clip", "taehv": "stream"}
 METADATA_KEY = "fastdecoders"
 FORMAT_VERSION = 1
 MAX_BATCH, MAX_SIDE, MAX_FRAMES = 64, 512, 256
@@ -188,13 +188,10 @@ def export_model(decoder: nn.Module, latent_hw: tuple[int, int], batch: int = 1,
     kind = graph_kind(decoder)
     dtype = torch.float16 if fp16 else torch.float32
     module = copy.deepcopy(decoder).eval().requires_grad_(False).to(device="cpu", dtype=dtype)
+    if kind == "stream" and hasattr(module, "encoder"):
+        del module.encoder  # TAEHV files hold an encoder too; the decoder's graph does not use it
     spec = graph_spec(module, latent_hw, batch, frames, dynamic)
-    if kind == "stream":
-        from fastdecoders.export.stream import export_stream_model
-
-        model = export_stream_model(module, spec, opset)
-    else:
-        model = export_graph(spec, opset)
+    model = export_graph(spec, opset)
     meta = decoder_metadata(module, spec, kind, dtype)
     meta["example_shape"] = list(spec.example[0].shape)
     meta["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)

@@ -1,186 +1,185 @@
-"""The causal video decoder's streaming step as one fixed-shape graph, and the loop that runs it in ONNX Runtime.
+"""The causal video decoder's (``taehv``) streaming step as one graph with explicit state tensors, and the loop that
+runs it in ONNX Runtime.
 
-``CausalTAEDecoder`` keeps the clip's first frame as one pixel frame by dropping the first of the two frames each
-``TimeUpsample`` makes from it, and its memory blocks see zeros before that frame. Dropping makes the first chunk's
-frame count differ from later chunks', which a single exported graph cannot do. ``StreamStep`` keeps every frame
-instead and marks the ones the torch decoder would have dropped as *dead*: with ``started = 0`` (the clip's first
-chunk) a layer after m time upsamplings carries 2^m − 1 dead frames in front, and each memory block gives the first
-live frame a zero previous frame, exactly as the torch decoder does. Dead frames never feed a live one, so the live
-frames are bit-for-bit the same computation; the graph returns k·t pixel frames for t latent frames, and the runtime
-drops the first k − 1 of a clip (k = temporal factor), like TAEHV's trim.
+A TAEHV decoder makes ``temporal_factor`` (k) raw frames of every latent frame and drops the ones the original VAE
+does not emit (the latent space's rule: the first k − 1 of a clip for Wan-like VAEs; ``LatentSpace.frames_dropped``).
+Its only state is one frame per memory block (zeros before the clip's first frame), so one step is the same graph
+for every chunk, the first included:
 
-Graph: inputs ``latents`` (B, C, t, h, w), ``started`` (scalar, 0 or 1), one ``state_i`` per memory block (its last
-input frame, (B, C_i, s_i·h, s_i·w); zeros at the start); outputs ``frames`` (B, 3, k·t, f·h, f·w) and ``next_state_i``.
+    inputs  ``latents`` (B, C, t, h, w) diffusion-space, ``state_i`` (B, C_i, s_i·h, s_i·w) per memory block
+    outputs ``frames`` (B, 3, k·t, f·h, f·w) RGB in [-1, 1], every raw frame; ``next_state_i``
+
+``OnnxStreamingDecoder`` carries the states from chunk to chunk (zeros at a clip's start) and applies the frame rule,
+so the concatenated output equals the torch decoder's parallel ``decoder(whole_clip)``.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.export.runtime import OnnxDecoder, check_shape, read_metadata, session, static_hint
+from fastdecoders.export.runtime import check_shape, read_metadata, session, static_hint
 
 
-def _layer_plan(decoder: nn.Module) -> list[tuple[str, nn.Module, int, int]]:
-    """(kind, layer, time upsamplings before it, spatial scale of its input) per layer of a ``CausalTAEDecoder``."""
-    from fastdecoders.models.causal import FrameWise, MemBlock, TimeUpsample
+def _memory_steps(decoder: nn.Module) -> list[int]:
+    """Indices of the decoder's steps that carry a state (its memory blocks)."""
+    from fastdecoders.models.taehv import FrameMemory
 
-    plan, ups, scale = [], 0, 1
-    for layer in decoder.layers:
-        if isinstance(layer, MemBlock):
-            plan.append(("mem", layer, ups, scale))
-        elif isinstance(layer, TimeUpsample):
-            plan.append(("time", layer, ups, scale))
-            ups += 1
-        elif isinstance(layer, FrameWise):
-            plan.append(("frames", layer, ups, scale))
-            scale *= 2 ** sum(isinstance(m, nn.Upsample) for m in layer)
-        else:
-            raise FastDecodersError(f"stream export: unexpected layer {type(layer).__name__} in {decoder.arch}")
-    return plan
+    return [i for i, step in enumerate(decoder.decoder.steps) if isinstance(step, FrameMemory)]
 
 
 class StreamStep(nn.Module):
-    """One streaming step of a ``CausalTAEDecoder`` with explicit state tensors (see the module docstring)."""
+    """One streaming step of a ``TAEHVDecoder``: (latents, *states) -> (all raw frames in [-1, 1], *next states)."""
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
         self.decoder = decoder
-        self.plan = _layer_plan(decoder)
 
-    def forward(self, latents: torch.Tensor, started: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, latents: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from fastdecoders.models.taehv import FrameMemory, per_frame, to_pm1_frames
+
         x = latents.transpose(1, 2)  # (B, T, C, h, w)
-        fresh = 1 - started.reshape(()).to(x.dtype)  # 1 on a clip's first chunk
-        new_states = []
-        states_iter = iter(states)
-        for kind, layer, ups, _ in self.plan:
-            if kind == "frames":
-                x = layer(x)[0]
-            elif kind == "time":
-                b, t, c, h, w = x.shape
-                x = layer.conv(x.flatten(0, 1)).reshape(b, 2 * t, c, h, w)  # keep both frames; dead ones marked
-            else:
-                previous = next(states_iter)
-                b, t, c, h, w = x.shape
-                shifted = torch.cat([previous[:, None], x[:, :-1]], dim=1)
-                # on the first chunk, frames 0 .. 2^ups − 1 are dead or the first live one: their previous is zero
-                index = torch.arange(t, device=x.device, dtype=x.dtype)
-                keep = 1 - fresh * (index <= (2**ups - 1)).to(x.dtype)
-                shifted = shifted * keep.reshape(1, t, 1, 1, 1)
-                pair = torch.cat([x, shifted], dim=2).flatten(0, 1)
-                y = layer.act(layer.conv(pair) + x.flatten(0, 1))
-                new_states.append(x[:, -1])
-                x = y.unflatten(0, (b, t))
-        return (x.transpose(1, 2), *new_states)
+        carried = iter(states)
+        next_states = []
+        for step in self.decoder.decoder.steps:
+            if isinstance(step, list):
+                x = per_frame(step, x)
+            elif isinstance(step, FrameMemory):
+                # the block's [x_t, x_{t-1}] pairs built with cat, not by writing into slices of a buffer as
+                # FrameMemory.forward does: torch.export pins the frame count to the example's on those writes
+                previous = next(carried)  # zeros at the clip's start: exactly the decoder's "no previous frame"
+                b, t = x.shape[:2]
+                pair = torch.cat([x, torch.cat([previous[:, None], x[:, :-1]], dim=1)], dim=2)
+                next_states.append(x[:, -1])
+                x = step.combine(pair.flatten(0, 1), x.flatten(0, 1)).unflatten(0, (b, t))
+            else:  # TimeSplit: stateless
+                x = step(x, None)[0]
+        return (to_pm1_frames(x).transpose(1, 2), *next_states)
 
 
 def state_shapes(decoder: nn.Module, batch: int, h: int, w: int) -> list[tuple[int, ...]]:
-    """Shapes of the memory blocks' states for latents of (h, w)."""
-    return [(batch, layer.conv[0].in_channels // 2, s * h, s * w)
-            for kind, layer, _, s in _layer_plan(decoder) if kind == "mem"]  # fmt: skip
+    """Shapes of the memory blocks' states for (h, w) latents, from one run of a 1-frame chunk."""
+    param = next(decoder.parameters())
+    z = torch.zeros(batch, decoder.latent_channels, 1, h, w, device=param.device, dtype=param.dtype)
+    states = decoder.decoder.initial_state()
+    with torch.no_grad():
+        decoder.decoder.run(z.transpose(1, 2), states)
+    return [tuple(states[i].shape) for i in _memory_steps(decoder)]
 
 
 def stream_graph_spec(decoder: nn.Module, latent_hw: tuple[int, int], batch: int, frames: int, dynamic: bool):
-    """The ``GraphSpec`` of a streaming step: example chunk of ``frames`` latent frames."""
+    """The ``GraphSpec`` of a streaming step with an example chunk of ``frames`` latent frames."""
     from fastdecoders.export.onnx import MAX_BATCH, MAX_FRAMES, MAX_SIDE, GraphSpec
 
     param = next(decoder.parameters())
-    h, w = latent_hw
-    step = StreamStep(decoder)
-    n = max(frames, 2) if dynamic else frames  # torch.export specialises sizes of 1
-    b = max(batch, 2) if dynamic else batch
-    latents = torch.randn(b, decoder.latent_channels, n, max(h, 2) if dynamic else h, max(w, 2) if dynamic else w,
-                          device=param.device, dtype=param.dtype)  # fmt: skip
-    shapes = state_shapes(decoder, b, latents.shape[3], latents.shape[4])
+    # torch.export specialises sizes of 1: trace dynamic graphs at >= 2 on every dynamic axis
+    b, t, h, w = (max(n, 2) for n in (batch, frames, *latent_hw)) if dynamic else (batch, frames, *latent_hw)
+    latents = torch.randn(b, decoder.latent_channels, t, h, w, device=param.device, dtype=param.dtype)
+    shapes = state_shapes(decoder, b, h, w)
     states = tuple(torch.zeros(s, device=param.device, dtype=param.dtype) for s in shapes)
-    started = torch.zeros((), device=param.device, dtype=param.dtype)
-    state_names = [f"state_{i}" for i in range(len(states))]
-    names = ["latents", "started", *state_names]
-    outputs = ["frames", *[f"next_{s}" for s in state_names]]
-    shape = [batch, decoder.latent_channels, frames, h, w]
-    scales = [s[2] // latents.shape[3] for s in shapes]
-    extra = {"states": [{"name": nm, "channels": s[1], "scale": k} for nm, s, k in zip(state_names, shapes, scales,
-                                                                                       strict=True)],
-             "trim": decoder.config.temporal_factor - 1}  # fmt: skip
+    names = [f"state_{i}" for i in range(len(states))]
+    scales = [s[2] // h for s in shapes]
+    extra = {"states": [{"name": n, "channels": s[1], "scale": k} for n, s, k in zip(names, shapes, scales,
+                                                                                     strict=True)],
+             "temporal_factor": decoder.config.temporal_factor}  # fmt: skip
+    inputs, outputs = ["latents", *names], ["frames", *[f"next_{n}" for n in names]]
+    example = (latents, *states)
     if not dynamic:
-        return GraphSpec(step, (latents, started, *states), names, outputs, (), {"latents": (shape, shape)}, extra)
-    dims = {"batch": torch.export.Dim("batch", min=1, max=MAX_BATCH),
-            "frames": torch.export.Dim("frames", min=1, max=MAX_FRAMES),
-            "height": torch.export.Dim("height", min=2, max=MAX_SIDE),
-            "width": torch.export.Dim("width", min=2, max=MAX_SIDE)}  # fmt: skip
-    state_dims = tuple({0: dims["batch"], 2: k * dims["height"] if k > 1 else dims["height"],
-                        3: k * dims["width"] if k > 1 else dims["width"]} for k in scales)  # fmt: skip
+        shape = [batch, decoder.latent_channels, frames, *latent_hw]
+        return GraphSpec(StreamStep(decoder), example, inputs, outputs, (), {"latents": (shape, shape)}, extra)
+    ranges = (("batch", 1, MAX_BATCH), ("frames", 1, MAX_FRAMES), ("height", 2, MAX_SIDE), ("width", 2, MAX_SIDE))
+    dims = {name: torch.export.Dim(name, min=lo, max=hi) for name, lo, hi in ranges}
+
+    def scaled(dim, k):
+        return k * dim if k > 1 else dim
+
+    state_dims = tuple({0: dims["batch"], 2: scaled(dims["height"], k), 3: scaled(dims["width"], k)} for k in scales)
     latent_dims = {0: dims["batch"], 2: dims["frames"], 3: dims["height"], 4: dims["width"]}
-    dynamic_shapes = (latent_dims, None, state_dims)  # forward(latents, started, *states)
     lo = [1, decoder.latent_channels, 1, 2, 2]
     hi = [MAX_BATCH, decoder.latent_channels, MAX_FRAMES, MAX_SIDE, MAX_SIDE]
-    return GraphSpec(step, (latents, started, *states), names, outputs, dynamic_shapes, {"latents": (lo, hi)}, extra)
-
-
-def export_stream_model(decoder: nn.Module, spec: Any, opset: int | None):
-    from fastdecoders.export.onnx import export_graph
-
-    return export_graph(spec, opset)
+    # forward(latents, *states): torch.export sees (latents, (state_0, ...))
+    return GraphSpec(StreamStep(decoder), example, inputs, outputs, (latent_dims, state_dims),
+                     {"latents": (lo, hi)}, extra)  # fmt: skip
 
 
 class OnnxStreamingDecoder:
     """Streams a clip through an exported ``stream`` step in ONNX Runtime, chunk by chunk with constant memory.
 
-    ``push((B, C, t, h, w) latents)`` returns the chunk's new pixel frames (B, 3, n, H, W), n = 1 + k·(t − 1) for the
-    clip's first chunk and k·t after it; ``flush()`` ends the clip. Concatenated, the outputs equal the torch
-    decoder's parallel ``decoder(whole_clip)`` (checked by ``fastdecoders export``).
+    ``push((B, C, t, h, w) latents)`` returns the chunk's pixel frames (B, 3, n, H, W) that the original VAE emits
+    (Wan: 1 + 4·(t − 1) for the first chunk, 4·t after it); ``flush()`` ends the clip. ``latent_frames`` (the whole
+    clip's count) is needed only where the frame rule depends on it (CogVideoX).
     """
 
-    def __init__(self, model: Any, threads: int | None = None, providers: list[str] | None = None):
+    def __init__(self, model: Any, threads: int | None = None, providers: list[str] | None = None,
+                 latent_frames: int | None = None):  # fmt: skip
         self.session = session(model, threads, providers)
         self.meta = read_metadata(self.session)
         self.name = str(model) if isinstance(model, (str, os.PathLike)) else "onnx model"
         if self.meta["kind"] != "stream":
-            raise FastDecodersError(f"OnnxStreamingDecoder: expected a stream export, got a {self.meta['kind']} export "
-                                    "(use OnnxDecoder)")  # fmt: skip
-        import numpy as np
-
+            raise FastDecodersError(f"OnnxStreamingDecoder: expected a stream export, got a {self.meta['kind']} "
+                                    "export (use OnnxDecoder)")  # fmt: skip
         self.np_dtype = np.float16 if self.meta["dtype"] == "float16" else np.float32
-        self.states: list | None = None
-        self._shape: tuple[int, ...] | None = None
+        self.latent_frames = latent_frames
+        self.flush()
+
+    def _frame_rule(self) -> tuple[int, int | None]:
+        """(frames dropped at the start of each unit, unit length in raw frames or None for the whole clip)."""
+        from fastdecoders.latents import get_latent_space
+
+        k = self.meta["temporal_factor"]
+        if not self.meta.get("latent_space"):
+            return k - 1, None
+        space = get_latent_space(self.meta["latent_space"])
+        if self.latent_frames is None and space.even_clips_uncut:
+            raise FastDecodersError(f"{space.name}: streaming needs the clip's latent frame count "
+                                    f"({space.frame_rule()}); pass latent_frames=t")  # fmt: skip
+        return space.frames_dropped(self.latent_frames or 1), space.frame_chunk * k if space.frame_chunk else None
 
     def push(self, latents: torch.Tensor) -> torch.Tensor:
-        import numpy as np
-
         lo, hi = self.meta["inputs"]["latents"]["min"], self.meta["inputs"]["latents"]["max"]
         check_shape(tuple(latents.shape), lo, hi, self.name, static_hint(self.meta, "latents"))
         b, c, _, h, w = latents.shape
         if self._shape is not None and self._shape != (b, c, h, w):
             raise FastDecodersError(f"{self.name}: a chunk of shape {tuple(latents.shape)} cannot continue a clip of "
                                     f"(B, C, h, w) {self._shape}")  # fmt: skip
-        first = self.states is None
-        if first:
+        if self.states is None:  # a new clip: zero states, as the torch decoder's "no previous frame"
             self.states = [np.zeros((b, s["channels"], s["scale"] * h, s["scale"] * w), self.np_dtype)
                            for s in self.meta["states"]]  # fmt: skip
-            self._shape = (b, c, h, w)
-        feed = {"latents": latents.detach().cpu().numpy().astype(self.np_dtype, copy=False),
-                "started": np.asarray(0 if first else 1, dtype=self.np_dtype)}  # fmt: skip
+            self._shape, self._rule = (b, c, h, w), self._frame_rule()
+        feed = {"latents": latents.detach().cpu().numpy().astype(self.np_dtype, copy=False)}
         feed.update({s["name"]: state for s, state in zip(self.meta["states"], self.states, strict=True)})
         frames, *self.states = self.session.run(None, feed)
-        out = torch.from_numpy(frames)
-        if first:
-            out = out[:, :, self.meta["trim"] :]  # the dead frames in front of the clip's first frame
+        drop, unit = self._rule
+        index = np.arange(self._seen, self._seen + frames.shape[2])
+        self._seen += frames.shape[2]
+        keep = ((index % unit) if unit else index) >= drop
+        out = torch.from_numpy(frames if keep.all() else frames[:, :, keep])
         return out.to(device=latents.device, dtype=latents.dtype)
+
+    def clip(self, latent_frames: int | None = None) -> OnnxStreamingDecoder:
+        """A streamer for a new clip sharing this one's session (its own states), like ``decoder.stream()``."""
+        other = copy.copy(self)
+        other.latent_frames = latent_frames
+        other.flush()
+        return other
 
     def flush(self) -> None:
         """End the clip: the next ``push`` starts a new one (no frames are pending: the decoder never looks ahead)."""
-        self.states, self._shape = None, None
+        self.states, self._shape, self._seen, self._rule = None, None, 0, (0, None)
 
     def decode(self, latents: torch.Tensor, chunk: int = 1) -> torch.Tensor:
         """A whole clip (B, C, t, h, w) through the loop, ``chunk`` latent frames per step -> (B, 3, T, H, W)."""
-        self.flush()
-        parts = [self.push(latents[:, :, i : i + chunk]) for i in range(0, latents.shape[2], chunk)]
-        self.flush()
-        return torch.cat(parts, dim=2)
-
-
-__all__ = ["OnnxDecoder", "OnnxStreamingDecoder", "StreamStep"]
+        saved, self.latent_frames = self.latent_frames, latents.shape[2]
+        try:
+            self.flush()
+            parts = [self.push(latents[:, :, i : i + chunk]) for i in range(0, latents.shape[2], chunk)]
+            return torch.cat(parts, dim=2)
+        finally:
+            self.flush()
+            self.latent_frames = saved

@@ -68,8 +68,9 @@ def _torch_decode(decoder: nn.Module, z: torch.Tensor, kind: str) -> torch.Tenso
 
 
 def verify(decoder: nn.Module, model: Any, meta: dict[str, Any], latents: torch.Tensor | None = None,
-           weights_dir: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """{"ok", "checks": [...]} for an exported ``model`` (``onnx.ModelProto``) of ``decoder``."""
+           weights_dir: str | None = None, real: bool = True) -> dict[str, Any]:  # fmt: skip
+    """{"ok", "checks": [...]} for an exported ``model`` (``onnx.ModelProto``) of ``decoder``; ``real=False`` skips
+    the real-latents check (random latents only)."""
     from fastdecoders.export.runtime import OnnxDecoder, require
     from fastdecoders.export.stream import OnnxStreamingDecoder
 
@@ -108,7 +109,7 @@ def verify(decoder: nn.Module, model: Any, meta: dict[str, Any], latents: torch.
                 z = z[:, :, : z.shape[2] - z.shape[2] % step]
             diff = _max_diff(runner.decode(z, chunk=step), _torch_decode(reference, z, kind))
             checks.append(_case("ORT stream loop vs PyTorch parallel", "real", tuple(z.shape), diff, fp16))
-        else:
+        elif real:
             checks.append({"check": "ORT stream loop vs PyTorch parallel", "latents": "real", "ok": None,
                            "reason": real_latents(reference, shapes[0], kind, weights_dir)})  # fmt: skip
     else:
@@ -117,12 +118,14 @@ def verify(decoder: nn.Module, model: Any, meta: dict[str, Any], latents: torch.
             z = torch.randn(shape)
             diff = _max_diff(runner(z), _torch_decode(reference, z, kind))
             checks.append(_case("ORT vs PyTorch", "random", shape, diff, fp16))
-        real = latents if latents is not None else real_latents(reference, shapes[0], kind, weights_dir)
-        if isinstance(real, str):
-            checks.append({"check": "ORT vs PyTorch", "latents": "real", "ok": None, "reason": real})
-        else:
-            real = real.float()
-            checks.append(_case("ORT vs PyTorch", "real", tuple(real.shape),
-                                _max_diff(runner(real), _torch_decode(reference, real, kind)), fp16))  # fmt: skip
+        found = latents
+        if found is None and real:
+            found = real_latents(reference, shapes[0], kind, weights_dir)
+        if isinstance(found, str):
+            checks.append({"check": "ORT vs PyTorch", "latents": "real", "ok": None, "reason": found})
+        elif found is not None:
+            found = found.float()
+            diff = _max_diff(runner(found), _torch_decode(reference, found, kind))
+            checks.append(_case("ORT vs PyTorch", "real", tuple(found.shape), diff, fp16))
     ok = all(c["ok"] is not False for c in checks)
     return {"ok": ok, "checks": checks}
