@@ -288,27 +288,43 @@ def image_grid(rows: list[list[torch.Tensor]], pad: int = 4) -> torch.Tensor:
 
 def write_video(frames01: torch.Tensor, path: str | os.PathLike, fps: float = 16.0, crf: int = 18) -> Path:
     """Write (T, 3, H, W) RGB in [0, 1] as an H.264 MP4 (even sizes padded), atomically. Needs PyAV."""
+    require_finite(frames01, "the video to write (decoder output)")
+    return write_video_frames(iter(frames01), path, fps, crf)[0]
+
+
+def write_video_frames(
+    frames01: Iterator[torch.Tensor], path: str | os.PathLike, fps: float = 16.0, crf: int = 18
+) -> tuple[Path, int]:
+    """Write (3, H, W) RGB frames in [0, 1], taken one at a time from an iterator, as an H.264 MP4 (even sizes
+    padded): a streaming decoder's frames go to the encoder as they come, never all in memory. Atomic: if the
+    iterator raises (or a frame is not finite), nothing is written. Returns (path, frames written). Needs PyAV."""
     try:
         import av
     except ImportError:
         raise FastDecodersError("writing video needs PyAV: pip install 'fastdecoders[video]'") from None
     path = output_file(path, (".mp4",), "a video")
     fps = check_fps(fps)
-    require_finite(frames01, "the video to write (decoder output)")
-    frames = frames01.detach().float().clamp(0, 1)
-    pad_h, pad_w = frames.shape[-2] % 2, frames.shape[-1] % 2
-    if pad_h or pad_w:  # yuv420p needs even sizes
-        frames = torch.nn.functional.pad(frames, (0, pad_w, 0, pad_h), mode="replicate")
+    count = 0
     with atomic_path(path) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height = frames.shape[-1], frames.shape[-2]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for frame in frames:
+            stream = None
+            for frame in frames01:
+                require_finite(frame, "the video to write (decoder output)")
+                frame = frame.detach().float().clamp(0, 1)
+                pad_h, pad_w = frame.shape[-2] % 2, frame.shape[-1] % 2
+                if pad_h or pad_w:  # yuv420p needs even sizes
+                    frame = torch.nn.functional.pad(frame[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
+                if stream is None:
+                    stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+                    stream.width, stream.height = frame.shape[-1], frame.shape[-2]
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = {"crf": str(crf)}
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(to_uint8(frame), format="rgb24")))
+                count += 1
+            if stream is None:
+                raise FastDecodersError(f"{path}: no frames to write")
             container.mux(stream.encode())
-    return path
+    return path, count
 
 
 def check_fps(fps: float) -> float:

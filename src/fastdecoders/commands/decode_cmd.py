@@ -123,6 +123,16 @@ def _decode_images(decoder, latents: torch.Tensor, out: Path) -> dict:
 def _decode_video(decoder, space, latents: torch.Tensor, out: Path, fps: float) -> dict:
     if out.suffix.lower() != ".mp4":
         raise FastDecodersError(f"video latents decode to an .mp4 file, got {out}")
+    inner = decoder.decoder
+    if hasattr(inner, "stream") and latents.shape[0] == 1 and decoder.tile == "auto":
+        # a causal video decoder: frames go to the MP4 as they are decoded (memory constant in the clip's length)
+        from fastdecoders.video import write_stream
+
+        written = write_stream(inner, latents, out, fps=fps)
+        shape = [written["frames"], 3, *space.pixel_size(*latents.shape[-2:])]
+        decoder.report = {"mode": "streamed", "frames_per_chunk": 1}
+        return {"decoder": decoder.name, "latents": decoder.latent_space_name, "outputs": [written["path"]],
+                "frames": written["frames"], "shape": shape}  # fmt: skip
     if decoder.latent_ndim == 5:
         video = decoder(ntchw_to_ncthw(latents) if space.layout == "NTCHW" else latents)  # (B, 3, T, H, W)
     else:  # an image decoder applied frame by frame to (B, T, C, h, w)

@@ -67,12 +67,20 @@ def run(args: argparse.Namespace) -> dict:
     decoder = load_decoder(args.decoder, latents=args.space, weights_dir=args.weights_dir, device=args.device,
                            dtype=dtype)  # fmt: skip
     space = get_latent_space(decoder.latent_space_name)
-    if space.tae_encoder is None or decoder.latent_ndim != 4:
+    bundled = getattr(decoder, "has_encoder", False)  # a TAEHV file: its own encoder; photos are one-frame clips
+    if bundled:
+        from fastdecoders.models.taehv import StillImages
+
+        decoder = StillImages(decoder)
+    if not bundled and (space.tae_encoder is None or decoder.latent_ndim != 4):
         raise FastDecodersError(f"roundtrip needs an image decoder of a family with a tiny encoder; "
                                 f"{decoder.latent_space_name} has none here")  # fmt: skip
     if args.size is not None and (args.size <= 0 or args.size % space.spatial_factor):
         raise FastDecodersError(f"--size must be a positive multiple of {space.spatial_factor}, got {args.size}")
-    encoder = load_encoder(space.tae_encoder, args.weights_dir, device=args.device, dtype=dtype)
+    if bundled:
+        encoder = decoder.encoder
+    else:
+        encoder = load_encoder(space.tae_encoder, args.weights_dir, device=args.device, dtype=dtype)
     c, f = decoder.latent_channels, space.spatial_factor
     decoder = apply_backend(decoder, args.backend, (1, c, args.size // f, args.size // f) if args.size else None)
     paths = list_images(args.images) if args.images else sample_photo_paths()
@@ -88,7 +96,8 @@ def run(args: argparse.Namespace) -> dict:
         cells.append([image, decoded])
     grid = write_image(_grid(cells, [r["psnr"] for r in rows]), args.out)
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("psnr", "ssim")}
-    return {"decoder": str(args.decoder), "encoder": space.tae_encoder, "mean": mean, "images": rows,
+    encoder_name = f"{args.decoder} (bundled)" if bundled else space.tae_encoder
+    return {"decoder": str(args.decoder), "encoder": encoder_name, "mean": mean, "images": rows,
             "grid": str(grid), **describe(decoder)}  # fmt: skip
 
 

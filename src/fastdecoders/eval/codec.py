@@ -5,7 +5,7 @@ Latents of one input take one of two forms, decided by the latent space:
 * ``"frames"`` — (T, C, h, w): images (T = 1) and non-causal video spaces (SVD), encoded frame by frame by the
   family's TAE encoder or a diffusers VAE.
 * ``"clip"`` — (1, C, t, h, w) NCTHW with t = ``space.latent_frames(T)``: causal video spaces (Wan, LTX, …), encoded
-  by a diffusers video VAE (``--vae``) or an encoder passed in from Python.
+  by a diffusers video VAE (``--vae``), the encoder bundled in the decoder's file (TAEHV), or one from Python.
 
 Decoders come in three kinds (``fastdecoders.models.base.call_kind``): ``"image"`` (NCHW, applied frame by frame),
 ``"temporal"`` (takes (B·T, C, h, w) and ``num_frames``, like SVD's decoder) and ``"video"`` (``latent_ndim == 5``,
@@ -115,6 +115,17 @@ def diffusers_encoder(path: str | os.PathLike, space: LatentSpace, device="cpu",
         return space.to_diffusion(raw, *stats)
 
     return Encoder(fn, space, f"vae-{space.vae_class}-{module_fingerprint(vae)}", torch.device(device), dtype)
+
+
+def bundled_encoder(decoders: list[nn.Module], space: LatentSpace, device="cpu", dtype=torch.float32) -> Encoder | None:
+    """The encoder inside a decoder's own weights file (TAEHV files hold both): the first of ``decoders`` that reads
+    ``space`` and has one (``has_encoder``), or None. Its weights name it in the latent cache."""
+    for decoder in decoders:
+        if getattr(decoder, "latent_space_name", None) == space.name and getattr(decoder, "has_encoder", False):
+            name = getattr(decoder, "registry_name", None) or type(decoder).__name__
+            key = f"bundled-{name}-{module_fingerprint(decoder)}"
+            return Encoder(decoder.encode, space, key, torch.device(device), dtype)
+    return None
 
 
 def custom_encoder(fn: Callable | Encoder, space: LatentSpace, device="cpu", dtype=torch.float32) -> Encoder:

@@ -312,6 +312,8 @@ class _Runner:
                 enc = codec.custom_encoder(self.encoder_fns[space.name], space, c.device, dtype)
             elif c.vae is not None:
                 enc = codec.diffusers_encoder(c.vae, space, c.device, dtype)
+            elif (bundled := codec.bundled_encoder([r.decoder for r in self.runs], space, c.device, dtype)) is not None:
+                enc = bundled  # a TAEHV file's own encoder: users with the weights need nothing else
             else:
                 enc = codec.tae_encoder(space, c.weights_dir, c.device, dtype)
             enc.batch_size = c.batch_size

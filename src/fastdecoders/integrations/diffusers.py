@@ -404,6 +404,22 @@ class DecoderSwap:
         elif self.pipe.vae is not self.previous:
             warnings.warn("pipe.vae was replaced after fastdecoders.use(); leaving it as it is", stacklevel=2)
 
+    def write_video(
+        self, latents: torch.Tensor, path: str, fps: float = 16.0, layout: str = "NCTHW", chunk: int = 1
+    ) -> dict:
+        """Stream one clip straight into an MP4 (constant memory in its length), bypassing the pipeline's decode.
+
+        ``latents``: what ``pipe(..., output_type="latent")`` returns, i.e. diffusion-space latents of one clip:
+        (1, C, t, h, w) for Wan and HunyuanVideo; CogVideoX returns (1, t, C, h, w): pass ``layout="NTCHW"``.
+        Returns ``{"path", "frames"}``; nothing is written on failure.
+        """
+        from fastdecoders.video import write_stream
+
+        if layout not in ("NCTHW", "NTCHW"):
+            raise FastDecodersError(f"layout: expected NCTHW or NTCHW, got {layout!r}")
+        z = latents.transpose(1, 2) if layout == "NTCHW" else latents
+        return write_stream(self.decoder, z.detach(), path, fps=fps, chunk=chunk)
+
     def __enter__(self) -> DecoderSwap:
         return self
 

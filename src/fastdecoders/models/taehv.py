@@ -395,6 +395,44 @@ def describe(config: TAEHVConfig) -> str:
     )
 
 
+class StillImages(nn.Module):
+    """A TAEHV model as an image decoder: (B, C, h, w) latents -> (B, 3, H, W) in [-1, 1], each a one-frame clip (the
+    first latent frame of a clip decodes to exactly one frame). For photo round trips (``fastdecoders roundtrip``)."""
+
+    latent_ndim = 4
+
+    def __init__(self, model: TAEHVDecoder):
+        super().__init__()
+        self.model = model
+        self.latent_space_name = getattr(model, "latent_space_name", None)
+        self.registry_name = getattr(model, "registry_name", None)
+        self.encoder = StillEncoder(model)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.model.latent_channels
+
+    @property
+    def receptive_field(self) -> int | None:
+        return self.model.receptive_field
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        if latents.ndim != 4:
+            raise FastDecodersError(f"expected image latents (B, C, h, w), got {tuple(latents.shape)}")
+        return self.model(latents[:, :, None])[:, :, 0]
+
+
+class StillEncoder(nn.Module):
+    """(B, 3, H, W) photos in [-1, 1] -> (B, C, h, w) latents with a TAEHV model's encoder (one-frame clips)."""
+
+    def __init__(self, model: TAEHVDecoder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(images[:, :, None])[:, :, 0]
+
+
 def _pad_end(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """(B, T, ...) padded at the end with copies of the last frame to a multiple of ``multiple`` frames."""
     n = -x.shape[1] % multiple
