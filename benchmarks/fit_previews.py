@@ -44,7 +44,7 @@ def main() -> None:
         )
         preview.fit["images"] = f"../shared/data/images/bsds500/train, first {args.max_images} sorted"
         preview.fit["heldout_images"] = "../shared/data/images/kodak24 (24 photos)"
-        preview.fit["command"] = "python benchmarks/fit_previews.py " + " ".join(sys.argv[1:])
+        preview.fit["command"] = " ".join(["python benchmarks/fit_previews.py", *sys.argv[1:]])
         path = preview.save(Path(args.out_dir) / f"{family}.json")
         fit = preview.fit
         print(f"{family}: fit {fit['psnr_fit_db']} dB, held-out {fit['psnr_heldout_db']} dB -> {path}", flush=True)

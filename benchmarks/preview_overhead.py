@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
             "machine": f"{platform.machine()} CPU, {args.threads} torch thread(s), torch {torch.__version__}",
-            "command": "python benchmarks/preview_overhead.py " + " ".join(__import__("sys").argv[1:])}  # fmt: skip
+            "command": " ".join(["python benchmarks/preview_overhead.py", *sys.argv[1:]])}  # fmt: skip
     print(json.dumps(meta))
     print(f"{'pipeline':28} {'size':>5} {'preview':8} {'shape':18} {'preview ms':>10} {'step ms':>9} {'% step':>7}")
     for r in rows:
