@@ -1,24 +1,31 @@
 """SDXL text-to-image, decoded by TAE-192 (the seed paper's image decoder) instead of SDXL's VAE.
 
     python examples/sdxl_tae192.py --tiny -o out/sdxl.png                   # offline, tiny random pipeline
+    python examples/sdxl_tae192.py --tiny --decoder taesdxl --weights-dir ../shared/weights/taesd -o out/sdxl.png
     python examples/sdxl_tae192.py --model stabilityai/stable-diffusion-xl-base-1.0 \\
         --decoder runs/tae192-sdxl/model.safetensors --prompt "a lighthouse at dusk" -o out/sdxl.png
 
 TAE-192 has no released weights: train one (``fastdecoders train``) and pass its file, or try ``--decoder taesdxl``
-(the 64-channel TAESDXL, whose weights are published). The pipeline itself is untouched: ``fastdecoders.use`` swaps
+(the 64-channel TAESDXL, whose weights are published). With ``--tiny`` a decoder without weights on the weights
+path gets random weights of its tiny test config, whose output is flat (a black PNG, said on stderr): the run shows
+that the swap works; the second command decodes the tiny pipeline's latents with the real TAESDXL weights and gives
+a visible (noise-like: the tiny UNet is random) picture. The pipeline itself is untouched: ``fastdecoders.use`` swaps
 ``pipe.vae`` for an adapter for the duration of the ``with`` block and puts the original back afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
 import fastdecoders
+from fastdecoders.integrations.pipelines import from_pretrained, run_example
 from fastdecoders.io import write_image
-from fastdecoders.registry import is_registered
+from fastdecoders.registry import get_spec, is_registered
+from fastdecoders.weights import find_weights
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,22 +43,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def tiny_decoder(name: str, weights_dir: str | None) -> tuple[object, str | None]:
+    """``--tiny``'s decoder and a note: real weights when a path is given or the registered decoder's weights file is
+    on the weights path (a visible picture), else random weights of its tiny test config (a flat, black one)."""
+    if not is_registered(name):
+        return name, None
+    spec = get_spec(name)
+    if spec.weights and find_weights(spec.weights, weights_dir):
+        return fastdecoders.load_decoder(name, weights_dir=weights_dir), None
+    note = (f"{name}: no weights on the weights path, so --tiny decodes with random weights of its tiny test "
+            f"config; a random TAE emits a near-constant output, hence a black image. The run shows the swap works; "
+            f"for a visible picture pass --decoder taesdxl --weights-dir DIR (DIR holding "
+            f"taesdxl_decoder.safetensors)")  # fmt: skip
+    return fastdecoders.build_decoder(name, tiny=True), note
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    note = None
     if args.tiny:
         from fastdecoders.integrations.tiny import tiny_pipeline
 
         torch.manual_seed(args.seed)
         pipe, call = tiny_pipeline("sdxl")
-        # random weights of the decoder's small test config; a path still loads real weights
-        decoder = fastdecoders.build_decoder(args.decoder, tiny=True) if is_registered(args.decoder) else args.decoder
+        decoder, note = tiny_decoder(args.decoder, args.weights_dir)
         size, steps = 64, 1
     else:
         from diffusers import StableDiffusionXLPipeline
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.float16 if device == "cuda" else torch.float32
-        pipe = StableDiffusionXLPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+        pipe = from_pretrained(StableDiffusionXLPipeline, args.model, dtype=dtype).to(device)
         call, decoder, size, steps = {"prompt": args.prompt}, args.decoder, args.size, args.steps
 
     start = time.perf_counter()
@@ -63,9 +85,12 @@ def main(argv: list[str] | None = None) -> dict:
     path = write_image(images[0], args.out)
     result = {"decoder": repr(swap), "output": str(path), "size": list(images.shape[-2:]),
               "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+    if args.tiny and note:
+        result["note"] = note
+        print(f"note: {note}", file=sys.stderr)
     print(result)
     return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_example(main, "sdxl_tae192.py"))

@@ -12,12 +12,14 @@ other latent spaces. Frame-wise decoding flickers a little more than SVD's tempo
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 import fastdecoders
+from fastdecoders.integrations.pipelines import from_pretrained, run_example
 from fastdecoders.io import write_image, write_video
 from fastdecoders.registry import is_registered
 
@@ -59,7 +61,7 @@ def load_pipeline(args: argparse.Namespace) -> tuple[object, dict]:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
-    pipe = StableVideoDiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    pipe = from_pretrained(StableVideoDiffusionPipeline, args.model, dtype=dtype).to(device)
     image = Image.open(args.image).convert("RGB").resize((args.width, args.height))
     return pipe, {"image": image, "height": args.height, "width": args.width, "num_frames": args.frames,
                   "num_inference_steps": args.steps, "decode_chunk_size": args.chunk, "fps": args.fps}  # fmt: skip
@@ -99,4 +101,4 @@ def tiny_or_named(args: argparse.Namespace) -> object:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_example(main, "svd_framewise.py"))

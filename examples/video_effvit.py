@@ -32,4 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from fastdecoders.integrations.pipelines import run_example
+
+    sys.exit(run_example(main, "video_effvit.py"))
