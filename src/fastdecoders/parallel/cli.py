@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -60,8 +61,6 @@ def run(args: argparse.Namespace) -> dict:
                 frames = to_01(ncthw_to_ntchw(video)[0])
                 paths.append(str(write_video(frames, out, fps=args.fps)))
         else:
-            from pathlib import Path
-
             folder = Path(out)
             if len(latents) > 1 and folder.suffix:
                 raise FastDecodersError(f"{len(latents)} latents need an output folder, got a file name {out}")

@@ -59,6 +59,7 @@ def _diffusers_classes() -> dict[str, type]:
     return found
 
 
+@functools.cache
 def _row_local_types() -> tuple[type, ...]:
     """Modules whose own forward code (read for this) only mixes channels, columns or frames, never rows."""
     from fastdecoders.models.layers import Clamp, ResBlock
@@ -89,7 +90,7 @@ def _problem(module: nn.Module) -> str | None:
         return None
     if kind is nn.GroupNorm:
         return None
-    if kind is nn.Upsample or kind is known.get("WanUpsample") or isinstance(module, nn.Upsample):
+    if isinstance(module, nn.Upsample):  # Wan's WanUpsample too
         scale = module.scale_factor
         scales = scale if isinstance(scale, tuple) else (scale,)
         if module.mode not in ("nearest", "nearest-exact") or scale is None or any(float(s) % 1 for s in scales):
