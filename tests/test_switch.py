@@ -166,14 +166,16 @@ def test_public_switch_with_budget(pair):
         fastdecoders.switch(light, heavy, gate)
 
 
-def test_pipeline_adapter_heavy_is_the_pipelines_vae():
+def test_pipeline_adapter_heavy_is_the_pipelines_vae(tmp_path):
     from fastdecoders.integrations.tiny import tiny_pipeline
 
     pipe = tiny_pipeline("sd", scaling_factor=0.2)[0]
     light = tiny("taesd", 7)
-    sw = make_switch(light, None, threshold=0.0, **{})
-    sw = SwitchDecoder(SwitchConfig("taesd", PIPELINE_VAE, "latent", 0.0, None, 4, 8, 8), light, None,
+    light_file = save_decoder(light, tmp_path / "light.safetensors")
+    sw = SwitchDecoder(SwitchConfig(light_file, PIPELINE_VAE, "latent", 0.0, None, 4, 8, 8), light, None,
                        Gate(GateConfig(4, "latent", 8, 8)).eval())  # fmt: skip
+    with fastdecoders.use(pipe, sw.save_pretrained(str(tmp_path / "sw.safetensors"))) as swap:  # from a file too
+        assert pipe.vae.fast_decoder.heavy.vae is swap.pipe.vae.original_vae
     raw = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(8))
     with pytest.raises(FastDecodersError, match="pipeline:vae"):
         sw.config = SwitchConfig(**{**vars(sw.config), "threshold": -math.inf})
