@@ -6,7 +6,8 @@ over the steps after the first. Pipelines: the tiny random ones (fastdecoders.in
 SDXL UNet (stabilityai/stable-diffusion-xl-base-1.0 config, random weights, CFG on) at a small resolution.
 
     python benchmarks/preview_overhead.py                       # tiny pipelines only (seconds)
-    python benchmarks/preview_overhead.py --sdxl 256 --sdxl-steps 5   # + real-size SDXL UNet at 256² (~10 GB RAM)
+    python benchmarks/preview_overhead.py --sdxl 128 --sdxl-steps 5   # + real-size SDXL UNet at 128² (~11 GB RAM)
+    python benchmarks/preview_overhead.py --sdxl 1024 --sdxl-steps 10 --device cuda    # GPU (fp16 UNet)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--sdxl", type=int, default=0, help="also the real-size SDXL UNet at this resolution")
     parser.add_argument("--sdxl-steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where the pipelines run (cuda: fp16 for the SDXL UNet)")
     parser.add_argument("--weights-dir", default=str(ROOT.parent / "shared/weights/taesd"))
     parser.add_argument("-o", "--output", help="JSON file for the rows")
     args = parser.parse_args()
@@ -53,6 +55,7 @@ def main() -> None:
     with torch.no_grad():
         for kind in ("sd", "sdxl", "flux"):
             pipe, kwargs = tiny_pipeline(kind)
+            pipe.to(args.device)
             kwargs = {**kwargs, "height": args.tiny_size, "width": args.tiny_size}
             for decoder in ("linear", TAE[kind]):
                 run(pipe, kwargs, decoder, 2, args.weights_dir)  # warm-up run, not kept
@@ -63,15 +66,19 @@ def main() -> None:
             from fastdecoders.bench.speed import Size
 
             built = time.perf_counter()
-            pipe, kwargs = build_pipeline("sdxl", False, torch.device("cpu"), torch.float32, Size(args.sdxl, args.sdxl))
+            device = torch.device(args.device)
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+            pipe, kwargs = build_pipeline("sdxl", False, device, dtype, Size(args.sdxl, args.sdxl))
             print(f"built the SDXL pipeline in {time.perf_counter() - built:.0f} s", flush=True)
             for decoder in ("linear", "taesdxl"):
                 row = run(pipe, kwargs, decoder, args.sdxl_steps, args.weights_dir)
                 rows.append({"pipeline": "sdxl-unet (real size, CFG)", "size": args.sdxl, **row})
                 print(rows[-1], flush=True)
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-            "machine": f"{platform.machine()} CPU, {args.threads} torch thread(s), torch {torch.__version__}",
-            "command": " ".join(["python benchmarks/preview_overhead.py", *sys.argv[1:]])}  # fmt: skip
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+        "machine": f"{platform.machine()}, {args.device}, {args.threads} torch thread(s), torch {torch.__version__}",
+        "command": " ".join(["python benchmarks/preview_overhead.py", *sys.argv[1:]]),
+    }
     print(json.dumps(meta))
     print(f"{'pipeline':28} {'size':>5} {'preview':8} {'shape':18} {'preview ms':>10} {'step ms':>9} {'% step':>7}")
     for r in rows:

@@ -146,7 +146,8 @@ class Preview:
         if last:
             self.sink.close()
         result = self.callback(pipe, step, timestep, callback_kwargs) if self.callback is not None else {}
-        self._last_return = time.perf_counter()
+        # a next run's first step must not count the time between runs as a step
+        self._last_return = None if last else time.perf_counter()
         return result
 
     @torch.no_grad()
