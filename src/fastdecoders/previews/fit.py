@@ -113,6 +113,10 @@ def preview_psnr(preview: LinearPreview, latents: torch.Tensor, targets: torch.T
         return float(psnr(to_01(preview(latents)), to_01(targets)).mean())
 
 
+def _count(paths: list[Path]) -> str:
+    return f"{len(paths)} photo{'s' if len(paths) != 1 else ''}"
+
+
 def split_images(paths: list[Path], every: int = 5) -> tuple[list[Path], list[Path]]:
     """(fit, held-out): every ``every``-th image is held out (deterministic; at least one of each when possible)."""
     held = paths[every - 1 :: every] if len(paths) >= every else paths[-1:] if len(paths) > 1 else []
@@ -143,7 +147,7 @@ def fit_preview(
     record = {
         "vae": codec.name,
         "encoder": codec.encoder_name,
-        "images": f"{images} ({len(fit_paths)} photos)",
+        "images": f"{images} ({_count(fit_paths)})",
         "size": size,
         "target": f"decoder output clamped to [-1, 1], area-averaged over {codec.space.spatial_factor}x"
         f"{codec.space.spatial_factor} cells",
@@ -154,7 +158,7 @@ def fit_preview(
     }
     if held_paths:
         z_held, target_held = encode_pairs(codec, held_paths, size)
-        record["heldout_images"] = f"{eval_images or images} ({len(held_paths)} photos)"
+        record["heldout_images"] = f"{eval_images or images} ({_count(held_paths)})"
         record["psnr_heldout_db"] = round(preview_psnr(preview, z_held, target_held), 2)
     preview.fit = record
     return preview
