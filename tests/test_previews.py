@@ -216,3 +216,18 @@ def test_cli_preview_fit_on_a_diffusers_vae_folder(tmp_path, capsys, kodak_dir):
     # fits well: the number only shows the fit ran end to end on its own encoder and decoder
     assert result["latents"] == "sdxl" and result["psnr_fit_db"] > 10 and "its own encoder" in result["encoder"]
     assert LinearPreview.load(out).latent_channels == 4
+
+
+def test_unpack_tokens_inverts_the_pipelines_packing():
+    from diffusers import FluxPipeline, LTXPipeline
+
+    from fastdecoders.latents import unpack_tokens
+
+    image = torch.randn(2, 16, 6, 10)
+    packed = FluxPipeline._pack_latents(image, 2, 16, 6, 10)
+    assert torch.equal(unpack_tokens(packed, 6, 10, get_latent_space("flux1").pipeline_packing), image)
+    video = torch.randn(1, 128, 3, 4, 5)
+    packed = LTXPipeline._pack_latents(video, 1, 1)
+    assert torch.equal(unpack_tokens(packed, 4, 5, get_latent_space("ltx-video").pipeline_packing, frames=3), video)
+    with pytest.raises(FastDecodersError, match=r"expected \(B, 15, C·4\) tokens"):
+        unpack_tokens(packed, 6, 10, (1, 2))
