@@ -51,12 +51,12 @@ for part in "${PARTS[@]}"; do
                 --runs "$RUNS" ;;
         video)  # each family at its pipeline's size: SVD 14×576×1024, Wan 2.1 81×480×832, LTX 121×512×768
             bench video_svd tae-temporal-svd --sizes "$SVD" --dtype "$DTYPE" --runs 10 --warmup 2
-            bench video_wan tae-causal-wan2.1 --sizes "$WAN" --dtype "$DTYPE" --runs 10 --warmup 2
-            bench video_ltx tae-causal-ltx-video --sizes "$LTX" --dtype "$DTYPE" --runs 10 --warmup 2 ;;
+            bench video_wan taew2_1 --sizes "$WAN" --dtype "$DTYPE" --runs 10 --warmup 2
+            bench video_ltx taeltx_2 --sizes "$LTX" --dtype "$DTYPE" --runs 10 --warmup 2 ;;
         e2e)  # whole pipelines at their published sizes, classifier-free guidance on; composed from 2-step runs
             bench e2e_sdxl --pipeline sdxl --decoder tae192-sdxl --steps 1,4,30 --dtype "$DTYPE" --runs 5
             bench e2e_svd --pipeline svd --decoder tae-temporal-svd --steps 1,4,25 --dtype "$DTYPE" --runs 3
-            bench e2e_wan --pipeline wan2.1 --decoder tae-causal-wan2.1 --steps 1,4,50 \
+            bench e2e_wan --pipeline wan2.1 --decoder taew2_1 --steps 1,4,50 \
                 --dtype "$([ "$DEVICE" = cuda ] && echo bf16 || echo "$DTYPE")" --runs 3 ;;
         *) echo "unknown part $part (expected images, compile, video, e2e)" >&2; exit 2 ;;
     esac
