@@ -231,3 +231,14 @@ def test_unpack_tokens_inverts_the_pipelines_packing():
     assert torch.equal(unpack_tokens(packed, 4, 5, get_latent_space("ltx-video").pipeline_packing, frames=3), video)
     with pytest.raises(FastDecodersError, match=r"expected \(B, 15, C·4\) tokens"):
         unpack_tokens(packed, 6, 10, (1, 2))
+
+
+def test_video_decoder_preview_on_a_wan_pipeline():
+    pipe, kwargs = tiny_pipeline("wan")
+    kwargs = {**kwargs, "height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2}
+    decoder = fastdecoders.build_decoder("taew2_1", tiny=True)  # random weights: the plumbing, not the picture
+    preview = fastdecoders.preview(pipe, decoder, x0=True)  # flow matching: x0 = x_t - sigma * v
+    assert torch.equal(_images(pipe, kwargs, callback_on_step_end=preview), _images(pipe, kwargs))
+    # 2 latent frames -> 1 + 4 pixel frames, at full resolution
+    assert [tuple(f.images.shape) for f in preview.frames] == [(1, 3, 5, 32, 32)] * 2
+    assert preview.frames[-1].x0.shape == (1, 3, 5, 32, 32)
