@@ -628,7 +628,7 @@ PUBLISHED: dict[str, tuple[str, dict[str, Any]]] = {
 #: for families without a published file (train these; they have no weights).
 ALIASES: dict[str, tuple[str, str | None, dict[str, Any]]] = {  # name -> (latent space, weights stem, overrides)
     "taew2_1-qwen-image": ("qwen-image", "taew2_1", {}),
-    "taehv-ltx-video": ("ltx-video", None, {"latent_channels": 128, "patch_size": 4, **_X8}),
+    "taehv-ltx-video": ("ltx-video", None, {"latent_channels": 128, "patch_size": 4, "encoder": False, **_X8}),
 }
 
 
