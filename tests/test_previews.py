@@ -242,3 +242,15 @@ def test_video_decoder_preview_on_a_wan_pipeline():
     # 2 latent frames -> 1 + 4 pixel frames, at full resolution
     assert [tuple(f.images.shape) for f in preview.frames] == [(1, 3, 5, 32, 32)] * 2
     assert preview.frames[-1].x0.shape == (1, 3, 5, 32, 32)
+
+
+def test_mp4_sink_holds_one_frame_per_preview(tmp_path):
+    pytest.importorskip("av")
+    from fastdecoders.io import read_video
+
+    pipe, kwargs = tiny_pipeline("sdxl")
+    kwargs = {**kwargs, "height": 64, "width": 64, "num_inference_steps": 3}
+    with fastdecoders.preview(pipe, "linear", sink=tmp_path / "steps.mp4") as preview:
+        _images(pipe, kwargs, callback_on_step_end=preview)
+    frames, _ = read_video(tmp_path / "steps.mp4")
+    assert frames.shape == (3, 3, 8, 8)  # 3 steps, the 8x8 latent grid
