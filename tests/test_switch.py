@@ -228,6 +228,7 @@ def test_video_chunk_routing_matches_per_chunk_reference():
     whole = SwitchDecoder(SwitchConfig("l", "h", "latent", math.inf, None, 16, 8, 8, chunk=chunk), light, heavy,
                           gate).eval()  # fmt: skip
     assert torch.allclose(whole(z), light(z), atol=1e-5)  # all light: the light decoder's own streaming decode
+    assert whole(z[:0]).shape == (0, *light(z).shape[1:])  # an empty batch of clips
 
 
 def test_features_gate_needs_a_tae_light(pair):

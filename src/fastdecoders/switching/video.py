@@ -67,6 +67,9 @@ def decode_chunks(sw, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
             ends[role] = e
         clips.append(torch.cat([p.to(pieces[0].dtype) for p in pieces], dim=2))
     if not clips:
-        f = sw.light.config.spatial_factor
-        return latents.new_empty(0, 3, 0, f * latents.shape[3], f * latents.shape[4]), routes.cpu(), scores.cpu()
+        from fastdecoders.latents import get_latent_space
+
+        space = get_latent_space(sw.latents_name)
+        f, frames = space.spatial_factor, space.pixel_frames(t)
+        return latents.new_empty(0, 3, frames, f * latents.shape[3], f * latents.shape[4]), routes.cpu(), scores.cpu()
     return torch.cat(clips), routes.cpu(), scores.cpu()
