@@ -114,14 +114,14 @@ class Preview:
         self.pipe = pipe
         self.space = pipeline_latent_space(pipe, latents)
         self.decoder = resolve_preview_decoder(decoder, self.space, **load_kwargs)
-        self.every, self.callback, self.fps = every, callback, fps
+        self.every, self.callback = every, callback
         self.size = (height, width, num_frames)
         self.sink = make_sink(sink, fps)
         self.count = 0
         self.timings: list[tuple[float, float]] = []
         self._last_return: float | None = None
         self._x0: torch.Tensor | None = None
-        self._scheduler, self._original_step = None, None
+        self._scheduler: Any = None  # the scheduler whose step() is wrapped for x0, until close()
         if x0:
             self._wrap_scheduler(pipe.scheduler)
 
@@ -227,7 +227,7 @@ class Preview:
             self._x0 = x0
             return out if return_dict else out.to_tuple()
 
-        self._scheduler, self._original_step = scheduler, original
+        self._scheduler = scheduler
         scheduler.step = step
 
     # -- results ----------------------------------------------------------------------------------------------------
