@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fit a linear preview (1x1 conv + bias, least squares) for a VAE",
         description="Encode photos, decode them with the VAE's decoder, and fit latents -> the decoded image "
         "area-averaged to the latent resolution. Reports PSNR on the fit photos and on held-out ones.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=parser.formatter_class,  # the CLI's: no '(default: None)'
     )
     fit.add_argument(
         "--vae",
