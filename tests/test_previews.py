@@ -189,7 +189,7 @@ def test_cli_preview_fit(tmp_path, capsys, kodak_dir, taesd_weights_dir):
     # 2 photos x 64 cells for 5 unknowns per colour: the held-out photo still comes out as an image (> 15 dB)
     assert fitted.latent_space_name == "sdxl" and fitted.fit["psnr_heldout_db"] > 15
     code, _, err = run_cli(capsys, "preview", "fit", "--vae", "taesdxl", "--images", photos, "-o", tmp_path / "x.txt")
-    assert code == 2 and "expected a .json file" in one_error_line(err)
+    assert code == 2 and "expected a file name ending in .json" in one_error_line(err)
     code, _, err = run_cli(capsys, "preview", "fit", "--vae", "nope", "--images", photos, "-o", out)
     assert code == 2 and "nope" in one_error_line(err)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from fastdecoders.errors import FastDecodersError
@@ -38,12 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from fastdecoders.io import output_file
     from fastdecoders.previews.fit import fit_preview
 
     if args.size < 16:
         raise FastDecodersError(f"--size: expected at least 16 pixels, got {args.size}")
-    if not str(args.output).endswith(".json"):
-        raise FastDecodersError(f"-o: expected a .json file, got {args.output}")
+    output = output_file(args.output, (".json",), "the linear preview")
     preview = fit_preview(
         args.vae,
         args.images,
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_images=args.max_images,
         weights_dir=args.weights_dir,
     )
-    path = preview.save(Path(args.output))
+    path = preview.save(output)
     return {"output": str(path), "latents": preview.latent_space_name, "channels": preview.latent_channels,
             **preview.fit}  # fmt: skip
 
