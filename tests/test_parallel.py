@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastdecoders.cli import main
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.parallel import band_layers, choose_mode, parallel_decode, split_rows
+from fastdecoders.parallel import band_layers, choose_mode, parallel_decode, parallel_decode_frames, split_rows
 from fastdecoders.parallel.comm import Bands
 from fastdecoders.registry import build_decoder
 
@@ -54,6 +55,8 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, out_dir: str, job: str, pg_timeout_s: float) -> None:
     """One rank: joins a gloo group on 127.0.0.1, runs ``job``, saves what it got (or its error) to out_dir."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
     from fastdecoders.parallel import init_process_group
@@ -62,13 +65,14 @@ def _worker(rank: int, world: int, port: int, out_dir: str, job: str, pg_timeout
     torch.set_num_threads(1)
     result: dict = {}
     try:
-        init_process_group("cpu", timeout_s=pg_timeout_s)
+        init_process_group("cpu", timeout_s=120)  # generous: a loaded machine may start the ranks seconds apart
         with torch.no_grad():
             if job == "equality":
                 for key, (name, mode, shape, _) in SCENARIOS.items():
                     result[key] = parallel_decode(_decoder(name), _latents(shape), mode=mode, dst=0)
                 z = _latents((1, 4, 5, 4))
                 result["all-ranks"] = parallel_decode(_decoder("taesd"), z, mode="layers", dst=None)
+                result["frames"] = parallel_decode_frames(_decoder("taesd"), _latents((3, 4, 4, 4)), dst=0)
             else:  # job "die" / "hang": rank 1 stops in the middle of the decode, after some halo exchanges
                 decoder = _decoder("taesd")  # layers mode: a halo exchange per conv
                 convs = [m for m in decoder.modules() if isinstance(m, torch.nn.Conv2d) and m.padding[0] > 0]
@@ -80,7 +84,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, job: str, pg_timeout
 
                 if rank == 1:
                     convs[3].register_forward_pre_hook(stop)
-                parallel_decode(decoder, _latents((1, 4, 6, 4)), mode="layers", dst=0)
+                group = dist.new_group(timeout=timedelta(seconds=pg_timeout_s))  # the short timeout under test
+                dist.barrier(group)  # both ranks are up: from here only the failure can stop them
+                parallel_decode(decoder, _latents((1, 4, 6, 4)), mode="layers", dst=0, group=group)
                 result["finished"] = True
         dist.destroy_process_group()
     except Exception as error:  # saved for the test to inspect
@@ -133,6 +139,12 @@ def test_all_ranks_get_the_image_without_dst(equality_run):
         assert (equality_run[rank]["all-ranks"] - expected).abs().max().item() <= 1e-5
 
 
+def test_frames_split_across_ranks(equality_run):
+    expected = _decoder("taesd")(_latents((3, 4, 4, 4))).detach()  # 3 independent frames: 2 on rank 0, 1 on rank 1
+    assert (equality_run[0]["frames"] - expected).abs().max().item() <= 1e-5
+    assert equality_run[1]["frames"] is None
+
+
 @pytest.mark.parametrize("job", ["die", "hang"])
 def test_a_failed_rank_ends_the_others_with_one_error(tmp_path, job):
     pg_timeout_s = 5.0
@@ -168,3 +180,15 @@ def test_band_layers_restores_the_decoder():
     assert (inside - before).abs().max().item() <= 1e-5
     assert torch.equal(before, after)
     assert not any("forward" in vars(m) for m in decoder.modules())
+
+
+def test_cli_parallel_outside_torchrun_is_one_error(tmp_path, capsys, monkeypatch):
+    from fastdecoders.io import write_latents
+
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    write_latents(_latents((1, 4, 4, 4)), tmp_path / "z.safetensors")
+    code = main(["decode", "taesd", str(tmp_path / "z.safetensors"), "-o", str(tmp_path / "x.png"), "--parallel"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "expected to run under torchrun" in err
+    assert not (tmp_path / "x.png").exists()
