@@ -163,6 +163,8 @@ def test_flux_packed_latents_and_callable_sink():
     assert [f.step for f in seen] == [0, 1]
     assert seen[0].images.shape == seen[0].x0.shape == (1, 3, 4, 6)  # unpacked 2x3 tokens of 2x2 cells
     assert 0 <= seen[0].images.min() and seen[0].images.max() <= 1
+    with pytest.raises(FastDecodersError, match="6 packed tokens are not a square; pass height= and width="):
+        fastdecoders.preview(pipe)(pipe, 0, 1.0, {"latents": torch.zeros(1, 6, 64)})
 
 
 def test_video_pipeline_previews_frames():
