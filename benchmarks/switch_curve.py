@@ -27,7 +27,8 @@ from fastdecoders.weights import load_decoder
 
 
 def cached_collect(args, light, heavy, folder: str, point: str, tag: str) -> Collected:
-    key = f"{Path(args.light).stem}-{args.heavy.replace('/', '_')}-{Path(folder).name}-{args.size}-{args.limit}"
+    stem = Path(args.light).stem + (f"-{Path(args.from_checkpoint).stem}" if args.from_checkpoint else "")
+    key = f"{stem}-{args.heavy.replace('/', '_')}-{Path(folder).name}-{args.size}-{args.limit}"
     path = Path(args.out) / "cache" / f"{key}.pt"
     if path.is_file():
         return Collected(**torch.load(path, weights_only=True))
@@ -87,6 +88,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--light", required=True)
     ap.add_argument("--heavy", default="taef2")
+    ap.add_argument("--from-checkpoint", default=None,
+                    help="a training checkpoint (OUT/checkpoints/step_N.pt) of --light's architecture: its EMA "
+                    "weights are the light decoder")  # fmt: skip
     ap.add_argument("--fit-images", default="../shared/data/images/bsds500/test")
     ap.add_argument("--eval-images", default="../shared/data/images/kodak24")
     ap.add_argument("--size", type=int, default=256)
@@ -100,14 +104,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     light, heavy = load_decoder(args.light), load_decoder(args.heavy)
+    if args.from_checkpoint:  # e.g. the distillation in progress (weights/switch-taef2/run/checkpoints)
+        state = torch.load(args.from_checkpoint, map_location="cpu", weights_only=True)
+        light.load_state_dict(state["ema"] if state.get("ema") else state["student"])
+        print(f"light: EMA weights of {args.from_checkpoint} (step {state['step']})", flush=True)
     point = default_feature_point(light)
     fit = cached_collect(args, light, heavy, args.fit_images, point, "fit")
     ev = cached_collect(args, light, heavy, args.eval_images, point, "eval")
     fit_idx, held_idx = split_holdout(fit.deficit.numel(), 0.2)
 
     items = {"fit": int(fit_idx.numel()), "held_back": int(held_idx.numel()), "eval": int(ev.deficit.numel())}
-    result: dict = {"light": args.light, "heavy": args.heavy, "size": args.size, "fit_images": args.fit_images,
-                    "eval_images": args.eval_images, "items": items, "budget": args.budget}  # fmt: skip
+    result: dict = {"light": args.light, "from_checkpoint": args.from_checkpoint, "heavy": args.heavy,
+                    "size": args.size, "fit_images": args.fit_images, "eval_images": args.eval_images, "items": items,
+                    "budget": args.budget}  # fmt: skip
     # oracle: routes by the true deficit against heavy (what the gate learns); oracle-gain: by the true PSNR gain
     # against the photo (needs labels: the upper bound of any router)
     scores, switches = {"oracle": ev.deficit, "oracle-gain": ev.heavy_psnr - ev.light_psnr}, {}
