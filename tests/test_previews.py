@@ -256,3 +256,13 @@ def test_mp4_sink_holds_one_frame_per_preview(tmp_path):
         _images(pipe, kwargs, callback_on_step_end=preview)
     frames, _ = read_video(tmp_path / "steps.mp4")
     assert frames.shape == (3, 3, 8, 8)  # 3 steps, the 8x8 latent grid
+
+
+def test_preview_inside_a_decoder_swap(taesd_weights_dir):
+    pipe, kwargs = tiny_pipeline("sd")
+    kwargs = {**kwargs, "height": 32, "width": 32, "num_inference_steps": 2}
+    with fastdecoders.use(pipe, "taesd", weights_dir=taesd_weights_dir):  # pipe.vae is the adapter now
+        swapped = _images(pipe, kwargs)
+        preview = fastdecoders.preview(pipe)  # the family comes from the adapter
+        assert torch.equal(_images(pipe, kwargs, callback_on_step_end=preview), swapped)
+    assert preview.space.name == "sd1" and preview.count == 2
