@@ -40,17 +40,15 @@ def latents(n: int, seed: int = 0, size: int = 8) -> torch.Tensor:
     return torch.randn(n, 32, size, size, generator=g) * scale
 
 
-def make_switch(light, heavy, kind="latent", threshold=0.0, **kw) -> SwitchDecoder:
+def make_switch(light, heavy, kind="latent", threshold=0.0) -> SwitchDecoder:
+    """A switch with a random (untrained) gate: routing tests need a gate, not a good one."""
+    from fastdecoders.switching.core import default_feature_point
+
     torch.manual_seed(0)
     in_ch = 32 if kind == "latent" else light.config.widths[0]
     gate = Gate(GateConfig(in_ch, kind, 8, 8)).eval()
-    point = "5" if kind == "features" else None  # tiny TAEF2: clamp, conv, relu, (pool) blocks 3.. -> first stage
-    cfg = SwitchConfig("light.safetensors", "heavy.safetensors", kind, threshold,
-                       point if point in dict(light.named_children()) else None, in_ch, 8, 8, **kw)  # fmt: skip
-    if kind == "features":
-        from fastdecoders.switching.core import default_feature_point
-
-        cfg = SwitchConfig(cfg.light, cfg.heavy, kind, threshold, default_feature_point(light), in_ch, 8, 8)
+    point = default_feature_point(light) if kind == "features" else None
+    cfg = SwitchConfig("light.safetensors", "heavy.safetensors", kind, threshold, point, in_ch, 8, 8)
     return SwitchDecoder(cfg, light, heavy, gate).eval()
 
 
@@ -91,7 +89,7 @@ def test_a_batch_routed_one_way_never_runs_the_other(kind, threshold):
         assert torch.equal(out, light(z))
     else:
         assert sw.last_routes.all() and torch.equal(out, heavy(z))
-        assert calls_l.n == (0 if kind == "latent" else 0)  # the features gate runs light's first layers, not forward
+        assert calls_l.n == 0  # (the features gate runs the light decoder's first layers, never its forward)
 
 
 def test_empty_batch_nan_and_latent_space_errors(pair):

@@ -47,10 +47,6 @@ class SwitchConfig:
     def gate_config(self) -> GateConfig:
         return GateConfig(self.gate_in_channels, self.input, self.gate_width, self.gate_hidden)
 
-    @property
-    def latent_channels(self) -> int:
-        return self.gate_in_channels if self.input == "latent" else -1
-
 
 def _label(decoder: nn.Module | None, fallback: str) -> str:
     return getattr(decoder, "registry_name", None) or fallback
