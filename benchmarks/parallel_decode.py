@@ -38,19 +38,22 @@ def _latents(name: str, side: int) -> torch.Tensor:
     return torch.randn((1, channels, side, side), generator=torch.Generator().manual_seed(1))
 
 
-def _measure(fn, runs: int, sync) -> tuple[float, int]:
-    """(median seconds of ``runs`` calls after a warm-up, peak live bytes of one call)."""
+def _measure(fn, runs: int, sync) -> tuple[float, float, int]:
+    """(median wall seconds and median CPU seconds of this process over ``runs`` calls after a warm-up, peak live
+    bytes of one call). CPU time is what the decode costs this process whatever else the machine runs; wall time on a
+    loaded machine mostly measures the scheduler."""
     with torch.inference_mode():
         fn()
         peak, _ = measure_peak_bytes(fn, torch.device("cpu"))
-        times = []
+        wall, cpu = [], []
         for _ in range(runs):
             sync()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             sync()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), peak
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu), peak
 
 
 def _rank(rank: int, world: int, port: int, name: str, side: int, mode: str, runs: int, queue) -> None:
@@ -58,13 +61,12 @@ def _rank(rank: int, world: int, port: int, name: str, side: int, mode: str, run
     torch.set_num_threads(1)
     init_process_group("cpu", timeout_s=1800)
     decoder, z = _decoder(name), _latents(name, side)
-    seconds, peak = _measure(lambda: parallel_decode(decoder, z, mode=mode, dst=0), runs, dist.barrier)
+    seconds, cpu, peak = _measure(lambda: parallel_decode(decoder, z, mode=mode, dst=0), runs, dist.barrier)
     with torch.inference_mode():
         image = parallel_decode(decoder, z, mode=mode, dst=0)
     # numpy, not a tensor: a tensor would travel as shared memory that dies with this process
-    queue.put(
-        {"rank": rank, "seconds": seconds, "peak_mib": peak / 2**20, "image": None if image is None else image.numpy()}
-    )
+    pixels = None if image is None else image.numpy()
+    queue.put({"rank": rank, "seconds": seconds, "cpu_seconds": cpu, "peak_mib": peak / 2**20, "image": pixels})
     dist.destroy_process_group()
 
 
@@ -85,10 +87,11 @@ def main() -> None:
     rows = []
     for name in args.decoders.split(","):
         decoder, z = _decoder(name), _latents(name, args.latent)
-        seconds, peak = _measure(lambda: decoder(z), args.runs, lambda: None)  # noqa: B023
+        seconds, cpu, peak = _measure(lambda: decoder(z), args.runs, lambda: None)  # noqa: B023
         with torch.inference_mode():
             reference = decoder(z)
-        rows.append({"decoder": name, "processes": 1, "mode": "single", "seconds": seconds, "peak_mib": peak / 2**20})
+        rows.append({"decoder": name, "processes": 1, "mode": "single", "seconds": seconds, "cpu_seconds": cpu,
+                     "peak_mib": peak / 2**20})  # fmt: skip
         modes = ["halo", "layers"] if decoder.receptive_field is not None else ["layers"]
         for mode in modes:
             context = mp.get_context("spawn")
@@ -105,7 +108,8 @@ def main() -> None:
             for r in results[1:]:
                 r.pop("image")
             rows.append({"decoder": name, "processes": args.world, "mode": mode, "max_abs_error": error,
-                         "seconds": max(r["seconds"] for r in results), "per_rank": results})  # fmt: skip
+                         "seconds": max(r["seconds"] for r in results),
+                         "cpu_seconds": max(r["cpu_seconds"] for r in results), "per_rank": results})  # fmt: skip
     print(json.dumps({"latent": args.latent, "pixels": args.latent * 8, "threads_per_process": 1, "rows": rows},
                      indent=2))  # fmt: skip
 
