@@ -152,6 +152,8 @@ def test_fit_save_load_round_trip_and_missing_decoders(pair, tmp_path):
     (tmp_path / "heavy.safetensors").unlink()
     with pytest.raises(FastDecodersError, match="light decoder 'light.safetensors'.*heavy decoder 'heavy.safetensors'"):
         fastdecoders.load_decoder(path)
+    with pytest.raises(FastDecodersError, match="neither a registered decoder nor a file"):  # never an unloadable file
+        sw.save_pretrained(str(tmp_path / "again.safetensors"))
 
 
 def test_public_switch_with_budget(pair):

@@ -18,12 +18,18 @@ from fastdecoders.switching.core import PIPELINE_VAE, SwitchConfig, SwitchDecode
 from fastdecoders.switching.gate import Gate
 
 
-def _reference(target: str, path: Path) -> str:
-    """How the switch file names a decoder: registry names as they are, files relative to the switch file."""
+def _reference(target: str, path: Path, role: str) -> str:
+    """How the switch file names a decoder: registry names as they are, files relative to the switch file; a name
+    that is neither would make a file that cannot be loaded, so it is refused here."""
     from fastdecoders.registry import is_registered
 
-    if is_registered(target) or target == PIPELINE_VAE or not Path(target).exists():
+    if is_registered(target) or target == PIPELINE_VAE:
         return target
+    if not Path(target).exists():
+        raise FastDecodersError(
+            f"switch file: its {role} decoder is named {target!r}, which is neither a registered decoder nor a file; "
+            f"save that decoder (save_decoder) and build the switch from its path"
+        )
     return os.path.relpath(Path(target).resolve(), path.resolve().parent)
 
 
@@ -35,7 +41,8 @@ def save_switch(sw: SwitchDecoder, path: str | os.PathLike, extra: dict[str, Any
     if path.suffix != ".safetensors":
         raise FastDecodersError(f"switch file: expected a path ending in .safetensors, got {path}")
     config = config_to_dict(sw.config)
-    config["light"], config["heavy"] = _reference(sw.config.light, path), _reference(sw.config.heavy, path)
+    config["light"] = _reference(sw.config.light, path, "light")
+    config["heavy"] = _reference(sw.config.heavy, path, "heavy")
     header = {"format": FORMAT_VERSION, "arch": "switch", "config": config, "latents": sw.latents_name,
               "name": getattr(sw, "registry_name", None), **(extra or {})}  # fmt: skip
     state = {k: v.detach().contiguous().cpu() for k, v in sw.gate.state_dict().items()}
