@@ -2,7 +2,8 @@
 
 * ``onnxruntime``: the decoder exported once to ONNX (dynamic shape, ``fastdecoders.export``), cached on disk by its
   weights, config, dtype and library versions, and run by an ONNX Runtime session with torch's thread count.
-  ``runtime_decoder`` wraps it as an ``nn.Module`` that is called like the torch decoder (same ``forward`` signature,
+  ``openvino``: the same file compiled by OpenVINO's CPU plugin (float32). ``runtime_decoder`` wraps either as an
+  ``nn.Module`` that is called like the torch decoder (same ``forward`` signature,
   latents in, RGB in [-1, 1] out, same dtype and device) and exposes the torch decoder's attributes
   (``latent_space_name``, ``receptive_field``, ``config`` ...), so tiling, the CLI and the integrations use it as is.
 * ``auto``: times each candidate backend (``candidates``) on random latents of the requested shape (1 warm-up,
@@ -30,7 +31,7 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 
-RUNTIME_BACKENDS = ("onnxruntime",)
+RUNTIME_BACKENDS = ("onnxruntime", "openvino")
 AUTO_RUNS = 3
 AUTO_MIN_MS = 50.0
 
@@ -166,7 +167,7 @@ class RuntimeVideoDecoder(_RuntimeDecoder):
 
 def runtime_decoder(decoder: nn.Module, backend: str = "onnxruntime", device: torch.device | str | None = None,
                     dtype: torch.dtype | None = None) -> nn.Module:  # fmt: skip
-    """``decoder`` run by ``backend`` (only ``onnxruntime`` here): a module called like ``decoder``."""
+    """``decoder`` run by ``backend`` (``onnxruntime`` or ``openvino``): a module called like ``decoder``."""
     from fastdecoders.export.onnx import graph_kind
     from fastdecoders.export.runtime import OnnxDecoder
     from fastdecoders.export.stream import OnnxStreamingDecoder
@@ -176,30 +177,43 @@ def runtime_decoder(decoder: nn.Module, backend: str = "onnxruntime", device: to
     param = next(decoder.parameters())
     device = torch.device(device) if device is not None else param.device
     dtype = dtype or param.dtype
-    providers = _providers(device)
+    reason = available(backend, decoder, device, dtype)
+    if reason:
+        raise FastDecodersError(reason)
+    providers = _providers(device) if backend == "onnxruntime" else None
     kind = graph_kind(decoder)
     path = exported_file(decoder, dtype)
     decoder = decoder.eval().requires_grad_(False).to(device=device, dtype=dtype)
     if kind == "stream":
-        return RuntimeVideoDecoder(decoder, OnnxStreamingDecoder(path, providers=providers), backend)
-    runner = OnnxDecoder(path, providers=providers)
+        return RuntimeVideoDecoder(decoder, OnnxStreamingDecoder(path, providers=providers, engine=backend), backend)
+    runner = OnnxDecoder(path, providers=providers, engine=backend)
     cls = RuntimeClipDecoder if kind == "clip" else RuntimeImageDecoder
     return cls(decoder, runner, backend)
 
 
 def available(backend: str, decoder: nn.Module, device: torch.device, dtype: torch.dtype) -> str | None:
     """Why ``backend`` cannot run ``decoder`` here (None: it can)."""
-    if backend == "onnxruntime":
-        from fastdecoders.export.onnx import SUPPORTED
+    import importlib.util
 
+    from fastdecoders.export.onnx import SUPPORTED
+
+    if backend not in RUNTIME_BACKENDS:
+        return None
+    for module, extra in (("onnx", "onnx"), ("onnxscript", "onnx"), (backend, backend.replace("runtime", ""))):
+        if importlib.util.find_spec(module) is None:
+            return f"{backend}: expected {module} to be installed, got none: pip install 'fastdecoders[{extra}]'"
+    if backend == "onnxruntime":
         try:
             _providers(device)
         except FastDecodersError as e:
             return str(e)
-        if getattr(decoder, "arch", None) not in SUPPORTED:
-            return f"onnxruntime: {getattr(decoder, 'arch', type(decoder).__name__)} does not export to ONNX"
-        if dtype not in (torch.float32, torch.float16):
-            return f"onnxruntime: expected float32 or float16, got {str(dtype)[6:]}"
+    elif device.type != "cpu":
+        return f"openvino: expected a cpu device (its CPU plugin), got {device.type}"
+    if getattr(decoder, "arch", None) not in SUPPORTED:
+        what = getattr(decoder, "arch", type(decoder).__name__)
+        return f"{backend}: expected a decoder of architecture {', '.join(SUPPORTED)}, got {what!r} (no ONNX export)"
+    if dtype not in (torch.float32, torch.float16):
+        return f"{backend}: expected float32 or float16, got {str(dtype).removeprefix('torch.')}"
     return None
 
 
@@ -207,10 +221,12 @@ def available(backend: str, decoder: nn.Module, device: torch.device, dtype: tor
 
 
 def candidates(device: torch.device) -> list[str]:
-    """Backends ``auto`` measures: torch eager and channels_last, ONNX Runtime; torch.compile only on CUDA (on CPU it
-    costs minutes of compilation per shape and measured slower than channels_last here, benchmarks/README.md)."""
-    names = ["eager", "channels_last", "onnxruntime"]
-    return names + ["compile"] if device.type == "cuda" else names
+    """Backends ``auto`` measures: torch eager and channels_last, ONNX Runtime, and on CPU OpenVINO; torch.compile only
+    on CUDA (on CPU it compiles for minutes per shape and measured slower than ONNX Runtime, benchmarks/README.md).
+    Those not installed or not applicable are skipped with the reason."""
+    if device.type == "cuda":
+        return ["eager", "channels_last", "onnxruntime", "compile"]
+    return ["eager", "channels_last", "onnxruntime", "openvino"]
 
 
 def _load_choices() -> dict[str, Any]:
@@ -307,7 +323,7 @@ def add_backend_argument(parser: Any) -> None:
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto: the fastest measured here for this decoder, shape and dtype (measured once, "
                         "cached in ~/.cache/fastdecoders/backends.json; decodes under 50 ms stay eager); "
-                        "onnxruntime needs the onnx extra")  # fmt: skip
+                        "onnxruntime needs the onnx extra, openvino the openvino extra")  # fmt: skip
 
 
 def apply_backend(decoder: nn.Module, backend: str, shape: tuple[int, ...] | None = None,

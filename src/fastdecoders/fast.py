@@ -7,8 +7,8 @@
 * ``"channels_last"``: that, plus NHWC weights and inputs (cuDNN / oneDNN's fast layout for 3x3 convs);
   outputs stay NHWC-strided (no copy back; ``.contiguous()`` if a consumer needs NCHW storage);
 * ``"compile"``: that, plus ``torch.compile`` (inductor fuses conv epilogues: bias + ReLU + residual add).
-* ``"onnxruntime"``: that, exported to ONNX once (cached on disk) and run by ONNX Runtime (``fastdecoders.backends``):
-  returns a new module, called like the decoder, that holds it;
+* ``"onnxruntime"`` / ``"openvino"``: that, exported to ONNX once (cached on disk) and run by ONNX Runtime or
+  OpenVINO (``fastdecoders.backends``): returns a new module, called like the decoder, that holds it;
 * ``"auto"``: the fastest of the above measured for this decoder, latents ``shape``, dtype and device, cached
   (``fastdecoders.backends.choose_backend``); ``.fastdecoders_auto`` records the measurement.
 
@@ -19,8 +19,8 @@ at 256x384): the worst layer peaks at 9.8 (taesd), 15.7 (taesdxl), 35.4 (taesd3)
 879 and 35: >= 74x. A CPU fp16 decode of a 16x16 Kodak latent crop is finite and within 0.019 of fp32 for all five
 (benchmarks/README.md, "Bounded memory (CPU)"). ``optimize(dtype=float16)`` keeps fp16 for the TAE family and
 EffViT (whose linear-attention sums already run in float32) and switches other decoders (diffusers VAEs: SDXL's is
-known to overflow in fp16; taehv: its published weights are not available here to measure) to bfloat16 with a warning, unless
-``allow_fp16_overflow=True``.
+known to overflow in fp16; taehv: its published weights are not available here to measure) to bfloat16 with a
+warning, unless ``allow_fp16_overflow=True``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 
-BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "auto")
+BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "openvino", "auto")
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 
 
@@ -135,8 +135,8 @@ def optimize(
         num_frames: frames per clip of ``shape`` for SVD-style temporal decoders under ``auto``.
 
     Returns:
-        The same module object (a wrapper of it for ``onnxruntime``): latents in, RGB in about [-1, 1] out, as before;
-        ``.fastdecoders_backend`` says how.
+        The same module object (a wrapper of it for ``onnxruntime``/``openvino``): latents in, RGB in about [-1, 1]
+        out, as before; ``.fastdecoders_backend`` says how.
     """
     if backend not in BACKENDS:
         raise FastDecodersError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -160,10 +160,10 @@ def optimize(
         decoder = optimize(decoder, backend=choice["backend"], fuse=False)
         decoder.fastdecoders_auto = choice
         return decoder
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino"):
         from fastdecoders.backends import runtime_decoder
 
-        return runtime_decoder(decoder)
+        return runtime_decoder(decoder, backend)
     if backend in ("channels_last", "compile"):
         decoder.to(memory_format=torch.channels_last)
         decoder.register_forward_pre_hook(_to_channels_last)

@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", type=_names, default=None, help="fp32, fp16, bf16 (comma list; float32, float16, "
                         "bfloat16 are accepted too); default: fp16 on CUDA, fp32 on CPU")  # fmt: skip
     parser.add_argument("--backend", type=_names, default=["eager"],
-                        help="eager, channels_last, compile, cuda-graphs, onnxruntime, auto (the fastest measured, "
-                             "cached; the decode/roundtrip default) as a comma list; those that do not apply here "
-                             "are skipped with the reason")  # fmt: skip
+                        help="eager, channels_last, compile, cuda-graphs, onnxruntime, openvino, auto (the fastest "
+                             "measured, cached; the decode/roundtrip default) as a comma list; those that do not "
+                             "apply here are skipped with the reason")  # fmt: skip
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (auto: cuda when there is one)")
     parser.add_argument("--runs", type=int, default=10, help="timed runs per cell (median, min and spread reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")

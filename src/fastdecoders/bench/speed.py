@@ -24,7 +24,7 @@ from fastdecoders.latents import get_latent_space
 
 ROW_KEYS = ("decoder", "shape", "dtype", "backend", "ms_median", "ms_min", "peak_mem_mb", "gflops", "tflops",
             "speedup_vs_teacher", "teacher")  # fmt: skip
-BACKENDS = ("eager", "channels_last", "compile", "cuda-graphs", "onnxruntime", "auto")
+BACKENDS = ("eager", "channels_last", "compile", "cuda-graphs", "onnxruntime", "openvino", "auto")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 #: the issue's grid: images (side) and videos (pixel frames × H × W).
@@ -190,7 +190,7 @@ def prepare(decoder: nn.Module, args: tuple, kwargs: dict, backend: str) -> Call
         decoder = torch.compile(decoder)
     if backend == "cuda-graphs":
         return _cuda_graph(decoder, args, kwargs)
-    if backend in ("onnxruntime", "auto"):  # export (cached on disk) / the auto measurement happen here, untimed
+    if backend in ("onnxruntime", "openvino", "auto"):  # the export (cached) and auto's measurement: untimed
         from fastdecoders.fast import optimize
 
         decoder = optimize(decoder, backend=backend, shape=tuple(args[0].shape), num_frames=kwargs.get("num_frames"))

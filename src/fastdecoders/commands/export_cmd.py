@@ -57,13 +57,16 @@ def run(args: argparse.Namespace) -> dict:
         raise FastDecodersError(f"-o: expected a .onnx file name, got {args.out}")
     for module in ("onnx", "onnxscript", "onnxruntime"):
         require(module)  # before loading anything: a missing extra is one line and exit 2
-    from fastdecoders.export.onnx import export_model
+    from fastdecoders.export.onnx import check_arch, export_model
     from fastdecoders.export.runtime import save_model
     from fastdecoders.export.verify import verify
     from fastdecoders.io import read_latents
     from fastdecoders.latents import get_latent_space
+    from fastdecoders.registry import get_spec, is_registered
     from fastdecoders.weights import load_decoder
 
+    if is_registered(args.decoder):  # refuse before loading (or failing to find) weights
+        check_arch(get_spec(args.decoder).arch, args.decoder)
     decoder = load_decoder(args.decoder, latents=args.space, weights_dir=args.weights_dir)
     kind = graph_kind(decoder)
     space = get_latent_space(decoder.latent_space_name)

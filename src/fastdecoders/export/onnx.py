@@ -35,15 +35,18 @@ FORMAT_VERSION = 1
 MAX_BATCH, MAX_SIDE, MAX_FRAMES = 64, 512, 256
 
 
+def check_arch(arch: str, name: str) -> str:
+    """The graph kind of architecture ``arch``; one line naming what is supported otherwise."""
+    if arch not in SUPPORTED:
+        raise FastDecodersError(f"export: expected a decoder of architecture {', '.join(SUPPORTED)}, got {arch!r} "
+                                f"({name})")  # fmt: skip
+    return SUPPORTED[arch]
+
+
 def graph_kind(decoder: nn.Module) -> str:
     """``image``, ``clip`` or ``stream`` for an exportable decoder; one line naming what is supported otherwise."""
-    arch = getattr(decoder, "arch", type(decoder).__name__)
-    if arch not in SUPPORTED:
-        raise FastDecodersError(
-            f"export: expected a decoder of architecture {', '.join(SUPPORTED)}, got {arch!r} "
-            f"({getattr(decoder, 'registry_name', None) or type(decoder).__name__})"
-        )
-    return SUPPORTED[arch]
+    name = getattr(decoder, "registry_name", None) or type(decoder).__name__
+    return check_arch(getattr(decoder, "arch", type(decoder).__name__), name)
 
 
 @dataclass

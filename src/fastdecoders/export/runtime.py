@@ -1,8 +1,9 @@
-"""Run an exported decoder in ONNX Runtime: shape checks from the file's metadata, torch tensors in and out.
+"""Run an exported decoder in ONNX Runtime (or OpenVINO): shape checks from the file's metadata, torch tensors in/out.
 
 ``OnnxDecoder(path)`` decodes ``image`` and ``clip`` exports; ``OnnxStreamingDecoder`` (``fastdecoders.export.stream``)
-runs the streaming loop of ``stream`` exports. Latents outside the exported range raise ``FastDecodersError`` with
-one line naming the range, before ONNX Runtime sees them.
+runs the streaming loop of ``stream`` exports; both take ``engine="onnxruntime"`` (default) or ``"openvino"``.
+Latents outside the exported range raise ``FastDecodersError`` with one line naming the range, before the engine
+sees them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from fastdecoders.errors import FastDecodersError
 
 #: module -> the pip extra that brings it.
-EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx", "onnxscript": "onnx"}
+EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx", "onnxscript": "onnx", "openvino": "openvino"}
 
 
 def require(module: str) -> Any:
@@ -49,6 +50,9 @@ def read_metadata(model_or_path: Any) -> dict[str, Any]:
     return json.loads(props[METADATA_KEY])
 
 
+ENGINES = ("onnxruntime", "openvino")
+
+
 def session(model: Any, threads: int | None = None, providers: list[str] | None = None):
     """An ``onnxruntime.InferenceSession`` of a path or serialized model (all graph optimizations on)."""
     ort = require("onnxruntime")
@@ -60,6 +64,42 @@ def session(model: Any, threads: int | None = None, providers: list[str] | None 
     options.inter_op_num_threads = 1
     source = str(model) if isinstance(model, (str, os.PathLike)) else model
     return ort.InferenceSession(source, options, providers=providers or ["CPUExecutionProvider"])
+
+
+class Runner:
+    """One exported graph in an inference engine: ``run({input name: array}) -> [output arrays]`` in graph order.
+
+    ``onnxruntime`` (CPU, or the providers given) or ``openvino`` (its CPU plugin, float32 inference precision), each
+    with torch's thread count unless ``threads`` is given.
+    """
+
+    def __init__(self, model: Any, engine: str = "onnxruntime", threads: int | None = None,
+                 providers: list[str] | None = None):  # fmt: skip
+        if engine not in ENGINES:
+            raise FastDecodersError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+        self.engine = engine
+        threads = threads or torch.get_num_threads()
+        if engine == "onnxruntime":
+            self._session = session(model, threads, providers)
+            self.meta = read_metadata(self._session)
+            self.input_names = [i.name for i in self._session.get_inputs()]
+            return
+        ov = require("openvino")
+        onnx = require("onnx")
+        proto = onnx.load(str(model)) if isinstance(model, (str, os.PathLike)) else onnx.load_from_string(model)
+        self.meta = read_metadata(proto)
+        self.input_names = [i.name for i in proto.graph.input]
+        compiled = ov.Core().compile_model(
+            ov.Core().read_model(proto.SerializeToString(), b""), "CPU",
+            {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"},
+        )  # fmt: skip
+        self._request, self._outputs = compiled.create_infer_request(), compiled.outputs
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.engine == "onnxruntime":
+            return self._session.run(None, feed)
+        results = self._request.infer(feed)
+        return [np.array(results[o], copy=True) for o in self._outputs]  # copies: the request reuses its buffers
 
 
 def check_shape(shape: tuple[int, ...], lo: list[int], hi: list[int], what: str, hint: str = "") -> None:
@@ -82,14 +122,15 @@ class OnnxDecoder:
     (B, T, C, h, w) -> the same layout back. Output is RGB in [-1, 1] as a float tensor of the input's dtype and device.
     """
 
-    def __init__(self, model: Any, threads: int | None = None, providers: list[str] | None = None):
-        self.session = session(model, threads, providers)
-        self.meta = read_metadata(self.session)
+    def __init__(self, model: Any, threads: int | None = None, providers: list[str] | None = None,
+                 engine: str = "onnxruntime"):  # fmt: skip
+        self.runner = Runner(model, engine, threads, providers)
+        self.meta = self.runner.meta
         self.name = str(model) if isinstance(model, (str, os.PathLike)) else "onnx model"
         if self.meta["kind"] not in ("image", "clip"):
             raise FastDecodersError(f"OnnxDecoder: expected an image or clip export, got a {self.meta['kind']} "
                                     "export (use OnnxStreamingDecoder)")  # fmt: skip
-        self.input = self.session.get_inputs()[0]
+        self.input = self.runner.input_names[0]
         self.np_dtype = np.float16 if self.meta["dtype"] == "float16" else np.float32
 
     def __call__(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
@@ -104,7 +145,7 @@ class OnnxDecoder:
         lo, hi = self.meta["inputs"]["latents"]["min"], self.meta["inputs"]["latents"]["max"]
         check_shape(tuple(x.shape), lo, hi, self.name, static_hint(self.meta, "latents"))
         feed = x.detach().to("cpu").numpy().astype(self.np_dtype, copy=False)
-        out = torch.from_numpy(self.session.run(None, {self.input.name: feed})[0])
+        out = torch.from_numpy(self.runner.run({self.input: feed})[0])
         if frames_first:
             out = out.flatten(0, 1)
         return out.to(device=latents.device, dtype=latents.dtype)

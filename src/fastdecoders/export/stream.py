@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.export.runtime import check_shape, read_metadata, session, static_hint
+from fastdecoders.export.runtime import Runner, check_shape, static_hint
 
 
 def _memory_steps(decoder: nn.Module) -> list[int]:
@@ -117,9 +117,9 @@ class OnnxStreamingDecoder:
     """
 
     def __init__(self, model: Any, threads: int | None = None, providers: list[str] | None = None,
-                 latent_frames: int | None = None):  # fmt: skip
-        self.session = session(model, threads, providers)
-        self.meta = read_metadata(self.session)
+                 latent_frames: int | None = None, engine: str = "onnxruntime"):  # fmt: skip
+        self.runner = Runner(model, engine, threads, providers)
+        self.meta = self.runner.meta
         self.name = str(model) if isinstance(model, (str, os.PathLike)) else "onnx model"
         if self.meta["kind"] != "stream":
             raise FastDecodersError(f"OnnxStreamingDecoder: expected a stream export, got a {self.meta['kind']} "
@@ -154,7 +154,7 @@ class OnnxStreamingDecoder:
             self._shape, self._rule = (b, c, h, w), self._frame_rule()
         feed = {"latents": latents.detach().cpu().numpy().astype(self.np_dtype, copy=False)}
         feed.update({s["name"]: state for s, state in zip(self.meta["states"], self.states, strict=True)})
-        frames, *self.states = self.session.run(None, feed)
+        frames, *self.states = self.runner.run(feed)
         drop, unit = self._rule
         index = np.arange(self._seen, self._seen + frames.shape[2])
         self._seen += frames.shape[2]
