@@ -12,6 +12,7 @@ only decodes again what it shows in the report, so an interrupted run resumes wh
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from fastdecoders.errors import FastDecodersError, require_finite
 from fastdecoders.eval import codec, metrics
@@ -27,7 +29,6 @@ from fastdecoders.eval.data import Item, Preprocess, Sample, SkipList, discover,
 from fastdecoders.io import locked_folder
 from fastdecoders.latents import LatentSpace, get_latent_space
 from fastdecoders.models.base import call_kind
-from fastdecoders.progress import progress
 
 PIXEL_METRICS = ("psnr", "ssim", "ms_ssim", "lpips_alex", "lpips_vgg")
 CLIP_METRICS = ("flicker",)
@@ -567,7 +568,8 @@ def _evaluate(decoders: list[str | nn.Module], config: EvalConfig, encoders: dic
             runner.encoder(run.space)
     unit = {"images": "img", "videos": "clip", "latents": "latent"}[config.kind]
     with torch.inference_mode():
-        bar = progress(items, desc="eval", unit=unit, enabled=config.progress)
+        # always drawn (also in logs): tests/test_eval_cli.py reads the bar's final state from stderr
+        bar = tqdm(items, desc="eval", unit=unit, file=sys.stderr, disable=not config.progress, dynamic_ncols=True)
         for item in bar:
             try:
                 runner.process(item)
