@@ -132,6 +132,19 @@ def test_roundtrip_prune_and_bench_report_progress(small_photos, taesd_weights_d
     assert code == 0 and "bench: 1/1 cell done" in err
 
 
+def test_training_latent_cache_reports_progress(shared_dir, taesd_weights_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FASTDECODERS_PROGRESS_EVERY", "0")
+    monkeypatch.chdir(ROOT)
+    overrides = [f"teacher.weights_dir={taesd_weights_dir}", f"data.images=[{shared_dir / 'data/images/kodak24'}]",
+                 f"data.cache_dir={tmp_path / 'cache'}", "data.val_count=1", "data.max_items=3", "data.resize=64",
+                 "data.crop=32", "data.val_size=64", "train.batch_size=2", "log.tensorboard=false",
+                 "log.samples=0"]  # fmt: skip
+    code, _, err = run_cli(capsys, "train", "configs/tiny.yaml", "-o", tmp_path / "run", "--steps", "1", "--json",
+                           *[a for o in overrides for a in ("--set", o)])  # fmt: skip
+    assert code == 0, err
+    assert "caching latents: 4/4 file done" in err  # 3 training photos + 1 held out
+
+
 # -- roundtrip grid: aspect ratio kept, labelled ---------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -103,8 +104,13 @@ def run_script(argv: list[str], script: str, cwd: Path, shared: Path, limit: flo
                     f"show them in a ```text block with the reason. Output so far:\n{e.stderr}")  # fmt: skip
 
 
-def _check(result: subprocess.CompletedProcess, where: str, script: str, seconds: float) -> None:
-    print(f"{where}: {seconds:.1f} s")  # pytest -s shows each block's time
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _check(result: subprocess.CompletedProcess, where: str, script: str, seconds: float, cpu: float) -> None:
+    print(f"{where}: {seconds:.1f} s wall, {cpu:.1f} s CPU")  # pytest -s shows each block's cost
     assert result.returncode == 0, (
         f"{where} failed (exit {result.returncode}) after {seconds:.1f} s\n--- script\n{script}\n"
         f"--- stdout (tail)\n{result.stdout[-3000:]}\n--- stderr (tail)\n{result.stderr[-3000:]}"
@@ -114,10 +120,10 @@ def _check(result: subprocess.CompletedProcess, where: str, script: str, seconds
 @pytest.mark.parametrize("where,body", blocks("bash"), ids=[w for w, _ in blocks("bash")])
 def test_bash_block_runs(where, body, shared_dir, tmp_path):
     script = drop_setup(body)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     limit = SECONDS_PER_COMMAND * commands(script)
     result = run_script(["bash", "-e"], script, workdir(tmp_path, shared_dir), shared_dir, limit)
-    _check(result, where, script, time.perf_counter() - start)
+    _check(result, where, script, time.perf_counter() - start, _cpu_seconds() - cpu)
 
 
 DOC_PYTHON = [(w, b) for w, b in blocks("python") if not w.startswith("README") and "pipe" not in b]
@@ -125,9 +131,9 @@ DOC_PYTHON = [(w, b) for w, b in blocks("python") if not w.startswith("README") 
 
 @pytest.mark.parametrize("where,body", DOC_PYTHON, ids=[w for w, _ in DOC_PYTHON])
 def test_docs_python_block_runs(where, body, shared_dir, tmp_path):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     result = run_script([sys.executable, "-"], body, workdir(tmp_path, shared_dir), shared_dir, SECONDS_PER_COMMAND)
-    _check(result, where, body, time.perf_counter() - start)
+    _check(result, where, body, time.perf_counter() - start, _cpu_seconds() - cpu)
 
 
 def test_every_block_is_tagged():
