@@ -34,7 +34,8 @@ SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("decoder", help="registry name, weights file/folder, or hub id")
     parser.add_argument("--images", default=None, help="folder of photos (default: sample photos from scikit-image)")
-    parser.add_argument("-o", "--out", default="roundtrip.png", help="side-by-side grid PNG (original | decoded)")
+    parser.add_argument("-o", "--out", default="roundtrip.png", help="grid PNG: a row per photo, original | decoded at "
+                        "its aspect ratio, labelled with the PSNR")  # fmt: skip
     parser.add_argument("--size", type=int, default=None, help="resize+centre-crop photos to SIZE² (default: keep, "
                         "cropped to a multiple of the latent factor)")  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="use at most this many photos")
