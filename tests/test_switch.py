@@ -261,3 +261,23 @@ def test_cli_fit_json_then_every_loader_takes_the_file(capsys, tmp_path, taesd_w
     code, _, err = run_cli(capsys, "switch", "fit", light, "taef2", "--images", kodak_dir, "--floor", "most",
                            "-o", tmp_path / "y.safetensors")  # fmt: skip
     assert code == 2 and "FRACTION@DB" in one_error_line(err)
+
+
+def test_decode_and_bench_verbs_take_a_switch_file(capsys, tmp_path, pair):
+    from fastdecoders.io import write_latents
+    from tests.cli_helpers import run_cli
+
+    light, heavy = pair
+    lp, hp = save_decoder(light, tmp_path / "light.safetensors"), save_decoder(heavy, tmp_path / "heavy.safetensors")
+    sw = make_switch(light, heavy)
+    sw.config = SwitchConfig(**{**vars(sw.config), "light": lp, "heavy": hp})
+    path = sw.save_pretrained(str(tmp_path / "sw.safetensors"))
+    z = latents(3, seed=10)
+    write_latents(z, tmp_path / "z.safetensors")
+    code, _, err = run_cli(capsys, "decode", path, tmp_path / "z.safetensors", "-o", tmp_path / "out", "--tile", "off")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    code, out, err = run_cli(capsys, "bench", path, "--sizes", "64", "--runs", "1", "--threads", "1", "--no-peak",
+                             "--plot", tmp_path / "bench.png", "--json")  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "bench.png").is_file() and '"decoder"' in out
