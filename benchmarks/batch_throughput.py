@@ -4,7 +4,8 @@ Random sdxl latents (``--items`` at ``--side`` pixels, shards of ``--shard-items
 (default taesdxl) with the same batch size and torch threads per decoder everywhere. The bare loop decodes the same
 batches from memory and writes nothing; it runs first and last (the machine's drift shows as their difference).
 Prints one JSON document: per mode items/s over the whole job, steady items/s (first file to last), time to first
-item, overhead per item against the bare loop, and Ray's scaling efficiency (2 workers vs 1).
+item, overhead per item against the bare loop, and Ray's scaling efficiency (2 workers vs 1). ``--photo`` also
+times writing one photo as PNG/JPEG/WebP at ``--write-side`` (the CPU cost per item that a GPU job must hide).
 
     python benchmarks/batch_throughput.py --weights-dir ../shared/weights/taesd --items 2000 --side 256
 """
@@ -44,6 +45,25 @@ def bare(args, folder: Path, decoder: DecoderArgs) -> dict:
     return {"items": items, "seconds": round(seconds, 3), "items_per_s": round(items / seconds, 3)}
 
 
+def write_cost(photo: str, side: int, repeats: int = 5) -> dict:
+    """Median ms to encode one side x side photo as PNG / JPEG q90 / WebP q90 (one thread): the CPU side of a job."""
+    import statistics
+
+    from fastdecoders.batch.outputs import encode_image
+    from fastdecoders.io import center_crop_resize, read_image, to_uint8
+
+    array = to_uint8(center_crop_resize(read_image(photo), side))
+    costs = {}
+    for fmt in ("png", "jpg", "webp"):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            encode_image(array, fmt, 90)
+            times.append(time.perf_counter() - start)
+        costs[f"{fmt}_ms"] = round(1000 * statistics.median(times), 1)
+    return {"side": side, **costs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decoder", default="taesdxl")
@@ -55,7 +75,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per decoder (each Ray worker too)")
     parser.add_argument("--modes", default="bare,embedded,ray1,ray2,bare")
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
+    parser.add_argument("--photo", default=None, help="also time PNG/JPEG/WebP writes of this photo at --write-side")
+    parser.add_argument("--write-side", type=int, default=1024)
     args = parser.parse_args()
+    if args.photo:
+        print(json.dumps({"write_cost": write_cost(args.photo, args.write_side)}), flush=True)
     torch.set_num_threads(args.threads)
     decoder = DecoderArgs(args.decoder, weights_dir=args.weights_dir, threads=args.threads)
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": _machine(),
@@ -67,6 +91,7 @@ def main() -> None:
             key = f"{mode}#{n}" if mode == "bare" else mode
             if mode == "bare":
                 results["modes"][key] = bare(args, folder, decoder)
+                print(json.dumps({key: results["modes"][key]}), flush=True)
                 continue
             out = Path(tmp) / mode
             ray = mode.startswith("ray")

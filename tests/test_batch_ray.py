@@ -72,7 +72,7 @@ def manifest_ids(out: Path) -> list[str]:
 
 def test_ray_files_equal_the_embedded_engine_files(ray_session, job_inputs, tmp_path):
     decoder, inputs, expected = job_inputs
-    summary = run_decode_job(job(decoder, inputs, tmp_path / "ray", engine="ray", workers=2, cpus_per_worker=0.5))
+    summary = run_decode_job(job(decoder, inputs, tmp_path / "ray", engine="ray", workers=2))  # all 2 CPUs
     assert (summary["engine"], summary["workers"], summary["written"], summary["failed"]) == ("ray", 2, 40, 0)
     assert summary["exit_code"] == 0 and summary["first_item_s"] is not None
     got = files(tmp_path / "ray")

@@ -107,14 +107,17 @@ def run_ray(job, units: list[Unit], record: Callable[[list[dict]], None]) -> Non
         args = DecoderArgs(**{**job.decoder.__dict__, "threads": threads,
                               "device": "cuda" if job.gpus_per_worker > 0 else job.decoder.device})  # fmt: skip
         ds = ray.data.from_items([{"unit": json.dumps(u.as_row())} for u in units], override_num_blocks=len(units))
-        ds = ds.map(_read, num_cpus=0.1)
+        # read and write tasks reserve no CPU: the decoder actors may hold every CPU of the cluster (2 workers x 1 CPU
+        # on 2 cores), and reserved CPUs would leave none to schedule them (a stall); their pools are bounded instead
+        io_pool = ray.data.TaskPoolStrategy(size=max(2, job.workers))
+        ds = ds.map(_read, num_cpus=0, compute=io_pool)
         # a fixed pool of decoder actors; Ray Data gives actors max_restarts=-1 and max_task_retries=-1 by default,
         # so a dead actor is replaced and its batch retried
         ds = ds.map_batches(_DecodeActor, batch_size=1, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=job.workers), num_cpus=job.cpus_per_worker,
                             num_gpus=job.gpus_per_worker or None,
                             fn_constructor_kwargs={"args": args, "fault_exit_once": job.fault_exit_once})  # fmt: skip
-        ds = ds.map_batches(_write, batch_size=1, batch_format="numpy", num_cpus=0.1,
+        ds = ds.map_batches(_write, batch_size=1, batch_format="numpy", num_cpus=0, compute=io_pool,
                             fn_kwargs={"fmt": job.fmt, "quality": job.quality, "fps": job.fps})  # fmt: skip
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
             for text in batch["rows"]:
