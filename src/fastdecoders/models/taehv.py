@@ -220,16 +220,18 @@ class _Layers(nn.ModuleList):
     """An upstream ``nn.Sequential`` by index (so the keys match), run as steps: each temporal layer, and each run of
     stateless layers between them as one per-frame batch."""
 
-    def __init__(self, layers: list[nn.Module]):
-        super().__init__(layers)
-        self.steps: list[_Temporal | list[nn.Module]] = []  # a plain list: the modules stay registered by index only
-        for layer in layers:
+    @property
+    def steps(self) -> list[_Temporal | list[nn.Module]]:
+        """The layers grouped into steps, from the current children (so a swapped or patched module is the one run)."""
+        steps: list[_Temporal | list[nn.Module]] = []
+        for layer in self:
             if isinstance(layer, _Temporal):
-                self.steps.append(layer)
-            elif self.steps and isinstance(self.steps[-1], list):
-                self.steps[-1].append(layer)
+                steps.append(layer)
+            elif steps and isinstance(steps[-1], list):
+                steps[-1].append(layer)
             else:
-                self.steps.append([layer])
+                steps.append([layer])
+        return steps
 
     def initial_state(self) -> list[Any]:
         return [None] * len(self.steps)
@@ -239,15 +241,16 @@ class _Layers(nn.ModuleList):
 
         ``depth_first`` sends the frames a time split makes through the rest one at a time (streaming: bounded peak).
         """
-        for i in range(start, len(self.steps)):
-            step = self.steps[i]
+        steps = self.steps
+        for i in range(start, len(steps)):
+            step = steps[i]
             if isinstance(step, list):
                 x = per_frame(step, x)
             else:
                 x, states[i] = step(x, states[i])
             if x.shape[1] == 0:
                 return None
-            if depth_first and x.shape[1] > 1 and i + 1 < len(self.steps) and isinstance(step, TimeSplit):
+            if depth_first and x.shape[1] > 1 and i + 1 < len(steps) and isinstance(step, TimeSplit):
                 outs = [self.run(x[:, j : j + 1], states, i + 1, True) for j in range(x.shape[1])]
                 outs = [o for o in outs if o is not None]
                 return torch.cat(outs, 1) if outs else None
