@@ -220,7 +220,7 @@ def test_onnxruntime_backend_refuses_what_it_cannot_run():
 
 def test_auto_measures_once_then_uses_the_cached_choice(monkeypatch):
     cache = backends.cache_dir()  # the session's temp cache: the onnxruntime candidate's export is reused
-    monkeypatch.setattr(backends, "AUTO_MIN_MS", 0.0)  # tiny decodes are fast: measure them anyway
+    monkeypatch.setattr(backends, "AUTO_MIN_GFLOPS", 0.0)  # tiny decodes are cheap: measure them anyway
     decoder = build_decoder("taesdxl", tiny=True)
     shape = (1, 4, 16, 16)
     first = backends.choose_backend(decoder, shape)
@@ -242,10 +242,9 @@ def test_auto_measures_once_then_uses_the_cached_choice(monkeypatch):
 
 def test_auto_keeps_eager_for_decodes_too_small_to_win(monkeypatch, tmp_path):
     monkeypatch.setenv("FASTDECODERS_CACHE", str(tmp_path))
-    monkeypatch.setattr(backends, "AUTO_MIN_MS", 1e9)
-    choice = backends.choose_backend(build_decoder("taesdxl", tiny=True), (1, 4, 8, 8))
-    assert choice["backend"] == "eager" and list(choice["ms"]) == ["eager"] and not choice["cached"]
-    assert not (tmp_path / "backends.json").exists()
+    choice = backends.choose_backend(build_decoder("taesdxl", tiny=True), (1, 4, 8, 8))  # ~1e-4 GFLOPs
+    assert choice["backend"] == "eager" and choice["ms"] == {} and not choice["cached"]
+    assert 0 < choice["gflops"] < backends.AUTO_MIN_GFLOPS and not (tmp_path / "backends.json").exists()
 
 
 def test_decode_verb_with_the_onnxruntime_backend(capsys, tmp_path, tiny_taesdxl):

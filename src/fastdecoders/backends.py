@@ -9,8 +9,8 @@
 * ``auto``: times each candidate backend (``candidates``) on random latents of the requested shape (1 warm-up,
   ``AUTO_RUNS`` timed runs, median) and keeps the fastest; the choice is cached in ``backends.json`` under the cache
   folder, keyed by decoder (architecture + config), shape, dtype, device and library versions, so it is measured
-  once per machine. A decode so small that one eager run takes under ``AUTO_MIN_MS`` stays eager unmeasured: no
-  backend can save more than that, and exporting costs seconds.
+  once per machine. A decode under ``AUTO_MIN_GFLOPS`` (counted, so the rule does not depend on the machine's load)
+  stays eager unmeasured: no backend can save more than a few ms there, and exporting costs seconds.
 
 Cache folder: ``$FASTDECODERS_CACHE`` or ``~/.cache/fastdecoders``.
 """
@@ -33,7 +33,8 @@ from fastdecoders.errors import FastDecodersError
 
 RUNTIME_BACKENDS = ("onnxruntime", "openvino")
 AUTO_RUNS = 3
-AUTO_MIN_MS = 50.0
+#: decodes below this many GFLOPs stay eager unmeasured (~20 ms on 2 CPU cores): an export costs seconds.
+AUTO_MIN_GFLOPS = 1.0
 
 
 def cache_dir() -> Path:
@@ -283,6 +284,13 @@ def choose_backend(decoder: nn.Module, shape: tuple[int, ...], dtype: torch.dtyp
         return {**entry, "cached": True}
     z = torch.randn(shape, device=device, dtype=dtype)
     kwargs = {"num_frames": num_frames} if num_frames is not None else {}
+    from fastdecoders.bench.flops import count_flops
+
+    with torch.inference_mode():
+        gflops = count_flops(lambda: decoder(z, **kwargs)) / 1e9
+    if gflops < AUTO_MIN_GFLOPS:  # nothing to win that is worth an export: not measured, not cached
+        return {"backend": "eager", "ms": {}, "cached": False, "gflops": gflops,
+                "note": f"{gflops:.2g} GFLOPs per decode < {AUTO_MIN_GFLOPS:g}: eager"}  # fmt: skip
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     timings: dict[str, float] = {}
     skipped: dict[str, str] = {}
@@ -298,17 +306,11 @@ def choose_backend(decoder: nn.Module, shape: tuple[int, ...], dtype: torch.dtyp
                 m(z, **kwargs)
             sync()
 
-        if backend == "eager":
-            first = _time(step, 1)
-            if first < AUTO_MIN_MS:  # nothing to win that is worth an export: not cached, not measured further
-                return {"backend": "eager", "ms": {"eager": first}, "cached": False,
-                        "note": f"one eager decode takes {first:.1f} ms < {AUTO_MIN_MS:.0f} ms: eager"}  # fmt: skip
-            timings[backend] = _time(step, AUTO_RUNS - 1) if AUTO_RUNS > 1 else first
-        else:
-            timings[backend] = _time(step, AUTO_RUNS)
+        timings[backend] = _time(step, AUTO_RUNS)
         del candidate
     best = min(timings, key=timings.get)
-    entry = {"backend": best, "ms": timings, "skipped": skipped, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    entry = {"backend": best, "ms": timings, "skipped": skipped, "gflops": gflops,
+             "measured": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     _save_choice(key, entry)
     return {**entry, "cached": False}
 
@@ -322,7 +324,7 @@ def add_backend_argument(parser: Any) -> None:
 
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto: the fastest measured here for this decoder, shape and dtype (measured once, "
-                        "cached in ~/.cache/fastdecoders/backends.json; decodes under 50 ms stay eager); "
+                        "cached in ~/.cache/fastdecoders/backends.json; decodes under 1 GFLOP stay eager); "
                         "onnxruntime needs the onnx extra, openvino the openvino extra")  # fmt: skip
 
 
