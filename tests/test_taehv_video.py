@@ -6,6 +6,7 @@ decode are what is checked."""
 from __future__ import annotations
 
 import json
+import math
 import types
 
 import pytest
@@ -121,3 +122,30 @@ def test_eval_videos_uses_the_files_own_encoder(capsys, tmp_path, shared_dir):
     result = json.loads(out)
     text = json.dumps(result)
     assert "taew2_1" in text and "flicker" in text
+
+
+def test_taehv_student_trains_from_an_upstream_file_on_real_clips(tmp_path, shared_dir):
+    """The taehv layout as the video student: initialised from an upstream-format file (what a user does with the
+    published taew2_1.pth), distilled from a (tiny random) Wan VAE on 5-frame clips of real footage."""
+    diffusers = pytest.importorskip("diffusers")
+    from fastdecoders.train.config import config_from_dict
+    from fastdecoders.train.loop import train
+
+    torch.manual_seed(0)
+    diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).save_pretrained(
+        tmp_path / "tiny-wan"
+    )
+    values = {
+        "teacher": {"vae": str(tmp_path / "tiny-wan"), "latents": "wan2.1"},
+        "student": {"name": "taew2_1", "tiny": True, "init": str(_upstream_file(tmp_path))},
+        "data": {"videos": [str(shared_dir / "data/videos/tokenflow")], "val_count": 1, "frames": 5,
+                 "clips_per_video": 1, "resize": 64, "crop": 32, "val_size": 64, "flips": False,
+                 "cache_dir": str(tmp_path / "cache")},
+        "loss": {"pixel": 1.0, "distill": 1.0},
+        "train": {"steps": 2, "batch_size": 2, "lr": 3e-3, "warmup_steps": 1, "precision": "fp32", "device": "cpu"},
+        "log": {"every": 1, "val_every": 100, "sample_every": 100, "checkpoint_every": 100, "samples": 0,
+                "tensorboard": False},
+    }  # fmt: skip
+    result = train(config_from_dict(values), tmp_path / "run")
+    assert result["student"]["arch"] == "taehv" and result["latent_space"] == "wan2.1"
+    assert math.isfinite(result["val"]["psnr"])
