@@ -83,6 +83,7 @@ def write_unit(unit: Unit, decoded: Decoded, fmt: str, quality: int, fps: float,
             except (FastDecodersError, OSError) as e:
                 row.update(status="failed", error=str(e).splitlines()[0], output=None)
         row["seconds"] = round(decoded.seconds + time.perf_counter() - start, 6)
+        row["finished_at"] = time.time()  # wall clock where the file was written (not kept in the manifest)
         rows.append(row)
     return rows
 
@@ -109,14 +110,21 @@ def run_decode_job(job: DecodeJob) -> dict:
     manifest.open()
     manifest.append(plan.failed)
     bar = tqdm(total=plan.pending, desc=f"decode ({job.engine})", unit="img", disable=None if job.progress else True)
-    state = {"first": None, "first_rows": 0, "last": None, "written": 0}
+    # first/last: wall-clock times at which files were written (set by the writer, so that Ray's buffering of
+    # result rows on their way to the driver does not distort the steady rate)
+    state = {"first_item": None, "first": None, "last": None, "written": 0}
 
     def record(rows: list[dict]) -> None:
         manifest.append(rows)
-        now = time.perf_counter() - started
-        if state["first"] is None and rows:
-            state["first"], state["first_rows"] = now, len(rows)
-        state["last"] = now
+        if state["first_item"] is None and rows:
+            state["first_item"] = time.perf_counter() - started
+        for row in rows:
+            t = row.get("finished_at")
+            if t is None:
+                continue
+            if state["first"] is None or t < state["first"]:
+                state["first"] = t
+            state["last"] = t if state["last"] is None else max(state["last"], t)
         state["written"] += len(rows)
         bar.update(len(rows))
 
@@ -144,13 +152,15 @@ def run_decode_job(job: DecodeJob) -> dict:
             "failed_shards": len(plan.failed), "seconds": round(seconds, 3),
             "run_seconds": round(time.perf_counter() - run_started, 3),
             "items_per_s": round(state["written"] / seconds, 3) if seconds > 0 else None,
-            "first_item_s": None if state["first"] is None else round(state["first"], 3),
-            "steady_items_per_s": _steady(state),
+            "first_item_s": None if state["first_item"] is None else round(state["first_item"], 3),
+            "steady_items_per_s": _steady(state, job.batch_size * (job.workers if job.engine == "ray" else 1)),
             "batch_size": job.batch_size, "out": str(out_dir), "manifest": str(manifest.path),
             "exit_code": 1 if failed else 0}  # fmt: skip
 
 
-def _steady(state: dict) -> float | None:
-    """Items/s from the first written batch to the last (start-up excluded): what a long job runs at."""
+def _steady(state: dict, first_round: int) -> float | None:
+    """Items/s from the first file written to the last, less the first round of batches (``first_round`` items: one
+    batch per decoder): the rate once started, what a long job runs at."""
     span = (state["last"] or 0) - (state["first"] or 0)
-    return round((state["written"] - state["first_rows"]) / span, 3) if span > 0 else None
+    done = state["written"] - first_round
+    return round(done / span, 3) if span > 0 and done > 0 else None
