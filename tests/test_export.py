@@ -258,3 +258,14 @@ def test_decode_verb_with_the_onnxruntime_backend(capsys, tmp_path, tiny_taesdxl
         assert code == 0 and json.loads(stdout)["backend"] == backend
         outs[backend] = read_image(tmp_path / f"{backend}.png")
     assert (outs["eager"] - outs["onnxruntime"]).abs().max() <= 1 / 255 + 1e-6  # one 8-bit level at most
+
+
+def test_auto_measures_decode_shapes_capped():
+    """What ``decode`` asks auto to measure: one call's latents, capped at 64² latents and 4 frames."""
+    cases = [("taesdxl", (3, 4, 200, 100), ((1, 4, 64, 64), None)),
+             ("taew2_1", (1, 16, 21, 60, 104), ((1, 16, 4, 60, 64), None)),
+             ("tae-temporal-svd", (1, 14, 4, 72, 30), ((4, 4, 64, 30), 4)),  # SVD frames first: (B, T, C, h, w)
+             ("taesdxl", (1, 2, 4, 8, 8), ((2, 4, 8, 8), None))]  # fmt: skip
+    for name, shape, expected in cases:
+        decoder = build_decoder(name, tiny=True)
+        assert backends.call_shape(decoder, torch.zeros(shape, device="meta")) == expected, name

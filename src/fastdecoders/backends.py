@@ -342,15 +342,22 @@ def describe(decoder: nn.Module) -> dict[str, Any]:
     return {"backend": getattr(decoder, "fastdecoders_backend", "eager"), "auto": auto}
 
 
+#: ``auto`` measures at the decode's shape capped at this many latent pixels per side and frames per clip: the
+#: ranking does not change with size (a compute-bound decode), and measuring must not cost a huge or long decode.
+AUTO_MAX_SIDE, AUTO_MAX_FRAMES = 64, 4
+
+
 def call_shape(decoder: nn.Module, latents: torch.Tensor) -> tuple[tuple[int, ...], int | None]:
-    """(latents shape of one decoder call, num_frames) for ``decode``'s latents: one image of an NCHW batch, the whole
-    clip for video decoders, one clip's (T, C, h, w) frames for image and SVD-style decoders given video latents."""
+    """(latents shape ``auto`` measures at, num_frames) for ``decode``'s latents: one image of an NCHW batch, the clip
+    for video decoders, one clip's (T, C, h, w) frames for image and SVD-style decoders given video latents; sides
+    capped at ``AUTO_MAX_SIDE`` latent pixels and clips at ``AUTO_MAX_FRAMES`` frames."""
     from fastdecoders.models.base import call_kind
 
     kind = call_kind(decoder)
+    h, w = (min(n, AUTO_MAX_SIDE) for n in latents.shape[-2:])
     if latents.ndim == 4:
-        return (1, *latents.shape[1:]), None
-    if kind == "video":
-        return tuple(latents.shape), None
-    frames = tuple(latents.shape[1:])  # (B, T, C, h, w) frames first: one clip at a time
-    return frames, frames[0] if kind == "temporal" else None
+        return (1, latents.shape[1], h, w), None
+    if kind == "video":  # (B, C, t, h, w)
+        return (1, latents.shape[1], min(latents.shape[2], AUTO_MAX_FRAMES), h, w), None
+    t = min(latents.shape[1], AUTO_MAX_FRAMES)  # (B, T, C, h, w) frames first: one clip at a time
+    return (t, latents.shape[2], h, w), t if kind == "temporal" else None

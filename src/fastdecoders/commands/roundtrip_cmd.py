@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> dict:
     else:
         encoder = load_encoder(space.tae_encoder, args.weights_dir, device=args.device, dtype=dtype)
     c, f = decoder.latent_channels, space.spatial_factor
-    decoder = apply_backend(decoder, args.backend, (1, c, args.size // f, args.size // f) if args.size else None)
+    side = min(args.size // f, 64) if args.size else 64  # auto measures at most at 512² pixels
+    decoder = apply_backend(decoder, args.backend, (1, c, side, side))
     paths = list_images(args.images) if args.images else sample_photo_paths()
     paths = paths[: args.limit] if args.limit else paths
     rows, cells = [], []
