@@ -70,8 +70,13 @@ def test_roundtrip_and_eval_flag_nan_output(capsys, tmp_path, taesd_weights_dir)
     weights = nan_weights_file(tmp_path / "nan.safetensors")
     photos = small_photos(tmp_path / "photos")
     code, _, err = run_cli(capsys, "roundtrip", weights, "--images", photos, "-o", tmp_path / "grid.png",
-                           "--weights-dir", taesd_weights_dir)  # fmt: skip
+                           "--weights-dir", taesd_weights_dir, "--backend", "eager")  # fmt: skip
     assert code == 2 and "the decoder's output holds 12288 non-finite values" in one_error_line(err)
+    assert not (tmp_path / "grid.png").exists()
+    # the default --backend auto may export the decoder first: the export refuses the NaN weights, in one line
+    code, _, err = run_cli(capsys, "roundtrip", weights, "--images", photos, "-o", tmp_path / "grid.png",
+                           "--weights-dir", taesd_weights_dir, "--backend", "onnxruntime")  # fmt: skip
+    assert code == 2 and "refusing to export tae: weight" in one_error_line(err) and "non-finite" in err
     assert not (tmp_path / "grid.png").exists()
     out = tmp_path / "ev"
     code, _, err = run_cli(capsys, "eval", weights, "--images", photos, "-o", out, "--metrics", "psnr",

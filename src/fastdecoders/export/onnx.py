@@ -185,9 +185,14 @@ def set_metadata(model, meta: dict[str, Any]) -> None:
 
 def export_model(decoder: nn.Module, latent_hw: tuple[int, int], batch: int = 1, frames: int = 2,
                  dynamic: bool = False, fp16: bool = False, opset: int | None = None):  # fmt: skip
-    """(``onnx.ModelProto``, metadata) of ``decoder`` (an eval-mode float32 copy is exported; ``decoder`` is kept)."""
+    """(``onnx.ModelProto``, metadata) of ``decoder`` (an eval-mode float32 copy is exported; ``decoder`` is kept).
+    Weights holding NaN/Inf are refused, as ``save_decoder`` does: an export is a saved model too."""
     import copy
 
+    from fastdecoders.weights import check_finite_state
+
+    name = getattr(decoder, "registry_name", None) or getattr(decoder, "arch", type(decoder).__name__)
+    check_finite_state(decoder.state_dict(), f"refusing to export {name}")
     kind = graph_kind(decoder)
     dtype = torch.float16 if fp16 else torch.float32
     module = copy.deepcopy(decoder).eval().requires_grad_(False).to(device="cpu", dtype=dtype)
