@@ -32,8 +32,6 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
-    """The full parser; only ``verb``'s module is imported (the others stay unloaded, so the CLI starts fast)."""
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Adds ``(default: X)`` only where it says something: not for None/False defaults, not where the help text
     already states its default."""
@@ -45,6 +43,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or text
 
 
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only ``verb``'s module is imported (the others stay unloaded, so the CLI starts fast)."""
     parser = argparse.ArgumentParser(prog="fastdecoders", description="Fast drop-in decoders for latent diffusion.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, (module_name, help_text) in VERBS.items():
