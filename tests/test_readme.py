@@ -37,7 +37,7 @@ SECONDS_PER_COMMAND = 120
 #: what a bash block's temp folder links to: the checkout's own files that commands may name
 LINKED = ("benchmarks", "configs", "docs", "examples", "src", "tests", "weights", "pyproject.toml", "README.md")
 # a fenced block: its info string (first word = language) and its body
-FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", flags=re.S | re.M)
+FENCE = re.compile(r"^[ \t]*```([^\n`]*)\n(.*?)^[ \t]*```[ \t]*$", flags=re.S | re.M)  # also indented (in lists)
 SETUP = re.compile(r"^\s*(python3? -m venv\b|pip3? install\b|python3? -m pip install\b"
                    r"|(\.|source) \S*\.venv/bin/activate)")
 
