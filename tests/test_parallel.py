@@ -35,6 +35,12 @@ SCENARIOS = {
     "kl-1row-batch2": ("sdxl-vae", "layers", (2, 4, 2, 3), 1e-4),
     "wan-video": ("wan2.1-vae", "layers", (1, 16, 2, 5, 4), 1e-4),
 }
+#: with 3 ranks the middle one exchanges rows with both neighbours at once
+SCENARIOS_3 = {
+    "tae-layers-3": ("taesd", "layers", (1, 4, 7, 5), 1e-5),  # 3 + 2 + 2 rows
+    "kl-1row-3": ("sdxl-vae", "layers", (1, 4, 3, 4), 1e-4),  # 1 + 1 + 1 rows
+    "wan-3": ("wan2.1-vae", "layers", (1, 16, 2, 4, 3), 1e-4),
+}
 TIMEOUT_S = 240  # a bound on each spawn; the runs take seconds
 
 
@@ -67,13 +73,14 @@ def _worker(rank: int, world: int, port: int, out_dir: str, job: str, pg_timeout
     try:
         init_process_group("cpu", timeout_s=120)  # generous: a loaded machine may start the ranks seconds apart
         with torch.no_grad():
-            if job == "equality":
-                for key, (name, mode, shape, _) in SCENARIOS.items():
+            if job in ("equality", "equality-3"):
+                for key, (name, mode, shape, _) in (SCENARIOS if job == "equality" else SCENARIOS_3).items():
                     result[key] = parallel_decode(_decoder(name), _latents(shape), mode=mode, dst=0)
+            if job == "equality":
                 z = _latents((1, 4, 5, 4))
                 result["all-ranks"] = parallel_decode(_decoder("taesd"), z, mode="layers", dst=None)
                 result["frames"] = parallel_decode_frames(_decoder("taesd"), _latents((3, 4, 4, 4)), dst=0)
-            else:  # job "die" / "hang": rank 1 stops in the middle of the decode, after some halo exchanges
+            elif job in ("die", "hang"):  # rank 1 stops in the middle of the decode, after some halo exchanges
                 decoder = _decoder("taesd")  # layers mode: a halo exchange per conv
                 convs = [m for m in decoder.modules() if isinstance(m, torch.nn.Conv2d) and m.padding[0] > 0]
 
@@ -120,6 +127,23 @@ def equality_run(tmp_path_factory) -> list[dict | None]:
     for rank, result in enumerate(results):
         assert result is not None and "error" not in result, f"rank {rank}: {result and result.get('traceback')}"
     return results
+
+
+@pytest.fixture(scope="module")
+def equality_run_3(tmp_path_factory) -> list[dict | None]:
+    results, _ = _spawn(tmp_path_factory.mktemp("parallel3"), "equality-3", world=3)
+    for rank, result in enumerate(results):
+        assert result is not None and "error" not in result, f"rank {rank}: {result and result.get('traceback')}"
+    return results
+
+
+@pytest.mark.parametrize("key", list(SCENARIOS_3))
+def test_three_ranks_equal_single_process(equality_run_3, key):
+    name, mode, shape, tolerance = SCENARIOS_3[key]
+    with torch.no_grad():
+        expected = _decoder(name)(_latents(shape))
+    assert (equality_run_3[0][key] - expected).abs().max().item() <= tolerance
+    assert equality_run_3[1][key] is None and equality_run_3[2][key] is None
 
 
 @pytest.mark.parametrize("key", list(SCENARIOS))
