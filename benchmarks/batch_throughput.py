@@ -88,7 +88,7 @@ def main() -> None:
         folder = Path(tmp) / "in"
         make_inputs(folder, args.items, args.side, args.shard_items)
         for n, mode in enumerate(args.modes.split(",")):
-            key = f"{mode}#{n}" if mode == "bare" else mode
+            key = f"{mode}#{n}"  # modes may repeat (interleaved runs show the machine's drift)
             if mode == "bare":
                 results["modes"][key] = bare(args, folder, decoder)
                 print(json.dumps({key: results["modes"][key]}), flush=True)
@@ -99,7 +99,8 @@ def main() -> None:
                             engine="ray" if ray else "embedded", workers=int(mode[3:]) if ray else 1,
                             cpus_per_worker=float(args.threads), num_cpus=args.num_cpus, resume=False)  # fmt: skip
             summary = run_decode_job(job)
-            keys = ("items", "written", "failed", "seconds", "items_per_s", "steady_items_per_s", "first_item_s")
+            keys = ("items", "written", "failed", "seconds", "items_per_s", "steady_items_per_s", "first_item_s",
+                    "decoder_busy")
             results["modes"][key] = {k: summary[k] for k in keys}
             print(json.dumps({key: results["modes"][key]}), flush=True)
     bares = [v["items_per_s"] for k, v in results["modes"].items() if k.startswith("bare")]
@@ -109,9 +110,9 @@ def main() -> None:
             rate = value["steady_items_per_s"] or value["items_per_s"]
             value["vs_bare"] = round(rate / ref, 3)
             value["overhead_ms_per_item"] = round(1000 * (1 / rate - 1 / ref), 2)
-    modes = results["modes"]
-    if "ray1" in modes and "ray2" in modes:
-        r1, r2 = (modes[m]["steady_items_per_s"] or modes[m]["items_per_s"] for m in ("ray1", "ray2"))
+    rays = {k.split("#")[0]: v for k, v in results["modes"].items() if k.startswith("ray")}
+    if "ray1" in rays and "ray2" in rays:
+        r1, r2 = (rays[m]["steady_items_per_s"] or rays[m]["items_per_s"] for m in ("ray1", "ray2"))
         results["ray_scaling_efficiency"] = round(r2 / (2 * r1), 3)
     results["bare_items_per_s_mean"] = round(ref, 3)
     results["load_after"] = os.getloadavg()

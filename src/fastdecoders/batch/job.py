@@ -83,7 +83,8 @@ def write_unit(unit: Unit, decoded: Decoded, fmt: str, quality: int, fps: float,
             except (FastDecodersError, OSError) as e:
                 row.update(status="failed", error=str(e).splitlines()[0], output=None)
         row["seconds"] = round(decoded.seconds + time.perf_counter() - start, 6)
-        row["finished_at"] = time.time()  # wall clock where the file was written (not kept in the manifest)
+        # not kept in the manifest: when the file was written (wall clock) and the item's share of decoder time
+        row["finished_at"], row["decode_seconds"] = time.time(), decoded.seconds
         rows.append(row)
     return rows
 
@@ -112,7 +113,7 @@ def run_decode_job(job: DecodeJob) -> dict:
     bar = tqdm(total=plan.pending, desc=f"decode ({job.engine})", unit="img", disable=None if job.progress else True)
     # first/last: wall-clock times at which files were written (set by the writer, so that Ray's buffering of
     # result rows on their way to the driver does not distort the steady rate)
-    state = {"first_item": None, "first": None, "last": None, "written": 0}
+    state = {"first_item": None, "first": None, "last": None, "written": 0, "decode": 0.0}
 
     def record(rows: list[dict]) -> None:
         manifest.append(rows)
@@ -126,6 +127,7 @@ def run_decode_job(job: DecodeJob) -> dict:
                 state["first"] = t
             state["last"] = t if state["last"] is None else max(state["last"], t)
         state["written"] += len(rows)
+        state["decode"] += sum(row.get("decode_seconds", 0.0) for row in rows)
         bar.update(len(rows))
 
     run_started = time.perf_counter()
@@ -145,17 +147,30 @@ def run_decode_job(job: DecodeJob) -> dict:
         bar.close()
         manifest.close(compact=True)
     seconds = time.perf_counter() - started
+    workers = job.workers if job.engine == "ray" else 1
+    first_round = job.batch_size * workers
     ids = {i for u in plan.units for i in u.ids} | {r["id"] for r in plan.failed}
     failed = sum(1 for i in ids if manifest.rows.get(i, {}).get("status") == "failed")
-    return {"engine": job.engine, "workers": job.workers if job.engine == "ray" else 1, "items": plan.total,
+    return {"engine": job.engine, "workers": workers, "items": plan.total,
             "written": state["written"], "skipped": plan.skipped, "failed": failed,
             "failed_shards": len(plan.failed), "seconds": round(seconds, 3),
             "run_seconds": round(time.perf_counter() - run_started, 3),
             "items_per_s": round(state["written"] / seconds, 3) if seconds > 0 else None,
             "first_item_s": None if state["first_item"] is None else round(state["first_item"], 3),
-            "steady_items_per_s": _steady(state, job.batch_size * (job.workers if job.engine == "ray" else 1)),
+            "steady_items_per_s": _steady(state, first_round),
+            "decoder_busy": _busy(state, first_round, workers),
             "batch_size": job.batch_size, "out": str(out_dir), "manifest": str(manifest.path),
             "exit_code": 1 if failed else 0}  # fmt: skip
+
+
+def _busy(state: dict, first_round: int, workers: int) -> float | None:
+    """Fraction of the steady window (see ``_steady``) the decoders spent decoding: 1.0 means the I/O was fully
+    hidden behind the decoder (a noise-robust in-run measure of the overlap on a shared machine)."""
+    span = (state["last"] or 0) - (state["first"] or 0)
+    if span <= 0 or state["written"] <= first_round:
+        return None
+    decode = state["decode"] * (state["written"] - first_round) / state["written"]
+    return round(decode / (span * workers), 3)
 
 
 def _steady(state: dict, first_round: int) -> float | None:
