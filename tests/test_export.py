@@ -269,3 +269,14 @@ def test_auto_measures_decode_shapes_capped():
     for name, shape, expected in cases:
         decoder = build_decoder(name, tiny=True)
         assert backends.call_shape(decoder, torch.zeros(shape, device="meta")) == expected, name
+
+
+def test_bench_grid_times_the_runtime_backends():
+    from fastdecoders.bench.speed import Grid, Size, run_grid
+
+    grid = Grid(decoders=["taesdxl"], sizes=[Size(64, 64)], backends=["eager", "onnxruntime", "auto"], runs=1,
+                warmup=0, teacher=False, tiny=True)  # fmt: skip
+    rows, skipped = run_grid(grid, progress=False)
+    # auto on a tiny config: under 1 GFLOP, so eager unmeasured; the row says what it ran
+    assert [r["backend"] for r in rows] == ["eager", "onnxruntime", "auto:eager"] and not skipped
+    assert all(r["ms_median"] > 0 and r["shape"] == "1x3x64x64" for r in rows)
