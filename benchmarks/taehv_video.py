@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
@@ -44,6 +45,9 @@ def main() -> None:
     parser.add_argument("--size", default="17x256x256", help="TxHxW pixel frames of the compared clip")
     parser.add_argument("--lengths", default="5,17,33,65,129", help="pixel frame counts for the streaming sweep")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--teacher-runs", type=int, default=2, help="timed runs of the (much slower) Wan decoder")
+    parser.add_argument("--parallel-max", type=int, default=33, help="longest clip also decoded in parallel (its "
+                        "memory grows with the clip: the point of streaming)")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--no-teacher", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -61,16 +65,20 @@ def main() -> None:
     if not args.no_teacher:
         candidates["wan2.1-vae"] = build_decoder("wan2.1-vae").to(device).eval()
     for name, fn in candidates.items():
+        runs = args.teacher_runs if name == "wan2.1-vae" else args.runs
         with torch.no_grad():
-            timing = time_fn(lambda fn=fn: fn(z), warmup=args.warmup, runs=args.runs, sync=sync)
+            timing = time_fn(lambda fn=fn: fn(z), warmup=args.warmup, runs=runs, sync=sync)
         peak, _ = measure_peak_bytes(lambda fn=fn: fn(z), device)
-        rows[name] = {"ms_median": timing.ms_median, "ms_spread": timing.ms_spread, "peak_mib": peak / 2**20}
+        rows[name] = {"ms_median": timing.ms_median, "ms_spread": timing.ms_spread, "runs": runs,
+                      "peak_mib": peak / 2**20}  # fmt: skip
+        print(f"# {name}: {rows[name]}", file=sys.stderr, flush=True)
     sweep = []
     for n in (int(v) for v in args.lengths.split(",")):
         zn = _latents(space, n, h, w, device)
-        parallel, _ = measure_peak_bytes(lambda zn=zn: ours(zn), device)
+        parallel = measure_peak_bytes(lambda zn=zn: ours(zn), device)[0] if n <= args.parallel_max else None
         streamed, _ = measure_peak_bytes(lambda zn=zn: _streamed(ours, zn), device)
-        sweep.append({"frames": n, "parallel_mib": parallel / 2**20, "streaming_mib": streamed / 2**20})
+        sweep.append({"frames": n, "parallel_mib": parallel and parallel / 2**20, "streaming_mib": streamed / 2**20})
+        print(f"# {sweep[-1]}", file=sys.stderr, flush=True)
     result = {"device": str(device), "threads": torch.get_num_threads(), "size": args.size, "decoders": rows,
               "streaming_vs_length": sweep}  # fmt: skip
     if "wan2.1-vae" in rows:
@@ -87,8 +95,8 @@ def main() -> None:
         print(f"{name:22s} {row['ms_median']:10.0f} ms (spread {row['ms_spread']:.0f})  peak {row['peak_mib']:8.1f} MiB"
               f"{extra}")  # fmt: skip
     for row in sweep:
-        print(f"{row['frames']:4d} frames: parallel {row['parallel_mib']:8.1f} MiB, "
-              f"streaming {row['streaming_mib']:6.1f} MiB")
+        parallel = "-" if row["parallel_mib"] is None else f"{row['parallel_mib']:.1f} MiB"
+        print(f"{row['frames']:4d} frames: parallel {parallel}, streaming {row['streaming_mib']:6.1f} MiB")
 
 
 if __name__ == "__main__":
