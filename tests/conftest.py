@@ -46,3 +46,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _backend_cache(tmp_path_factory):
+    """``auto`` backend choices and ONNX exports (fastdecoders.backends) go to a session temp folder, not the user's
+    ~/.cache/fastdecoders: a test never reuses a choice measured outside the run (docs commands inherit it too)."""
+    previous = os.environ.get("FASTDECODERS_CACHE")
+    os.environ["FASTDECODERS_CACHE"] = str(tmp_path_factory.mktemp("fastdecoders-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("FASTDECODERS_CACHE", None)
+    else:
+        os.environ["FASTDECODERS_CACHE"] = previous

@@ -43,12 +43,6 @@ def _one_per_architecture() -> dict[str, str]:
 ARCHITECTURES = _one_per_architecture()
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    """Exports and auto choices go to a per-session temp cache, never ~/.cache."""
-    monkeypatch.setenv("FASTDECODERS_CACHE", str(tmp_path_factory.getbasetemp() / "fastdecoders-cache"))
-
-
 def _inputs(decoder, kind: str, hw=(4, 5), batch=1, frames=2) -> tuple[tuple, dict]:
     c = decoder.latent_channels
     if kind == "clip":

@@ -33,6 +33,8 @@ from fastdecoders.errors import FastDecodersError
 
 RUNTIME_BACKENDS = ("onnxruntime", "openvino")
 AUTO_RUNS = 3
+#: bumped when what ``auto`` measures changes, so older cached choices are not reused (2: the GFLOP floor, openvino).
+CHOICE_FORMAT = 2
 #: decodes below this many GFLOPs stay eager unmeasured (~20 ms on 2 CPU cores): an export costs seconds.
 AUTO_MIN_GFLOPS = 1.0
 
@@ -250,8 +252,9 @@ def choice_key(decoder: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, d
                num_frames: int | None = None) -> str:  # fmt: skip
     """The cache key of an ``auto`` choice: decoder (architecture + config), shape, dtype, device, versions."""
     name = getattr(decoder, "registry_name", None) or getattr(decoder, "arch", type(decoder).__name__)
-    parts = {"decoder": f"{name}:{_decoder_fingerprint(decoder, weights=False)}", "shape": list(shape),
-             "num_frames": num_frames, "dtype": str(dtype), "device": device_key(device), **_versions()}  # fmt: skip
+    parts = {"format": CHOICE_FORMAT, "decoder": f"{name}:{_decoder_fingerprint(decoder, weights=False)}",
+             "shape": list(shape), "num_frames": num_frames, "dtype": str(dtype), "device": device_key(device),
+             **_versions()}  # fmt: skip
     return json.dumps(parts, sort_keys=True)
 
 
