@@ -274,3 +274,13 @@ def test_bench_grid_times_the_runtime_backends():
     # auto on a tiny config: under 1 GFLOP, so eager unmeasured; the row says what it ran
     assert [r["backend"] for r in rows] == ["eager", "onnxruntime", "auto:eager"] and not skipped
     assert all(r["ms_median"] > 0 and r["shape"] == "1x3x64x64" for r in rows)
+
+
+@pytest.mark.shared
+def test_export_verb_checks_real_weights_on_real_latents(capsys, tmp_path, taesd_weights_dir):
+    out = tmp_path / "taesdxl.onnx"
+    code, stdout, _ = run_cli(capsys, "export", "taesdxl", "-o", out, "--size", "64", "--weights-dir",
+                              taesd_weights_dir, "--json")  # fmt: skip
+    result = json.loads(stdout)
+    real = next(c for c in result["checks"] if c.get("latents") == "real")
+    assert code == 0 and out.is_file() and real["ok"] and real["max_abs_diff"] <= FP32_TOLERANCE  # seen ~1e-5

@@ -44,7 +44,7 @@ def real_latents(decoder: nn.Module, shape: tuple[int, ...], kind: str, weights_
     if kind == "stream":
         return "stream exports take real latents only from --latents FILE"
     try:
-        encoder = load_encoder(space.tae_encoder)
+        encoder = load_encoder(space.tae_encoder, weights_dir)
         paths = sample_photo_paths()
     except FastDecodersError as e:
         return str(e)
