@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1, help="example batch size")
     parser.add_argument("--frames", type=int, default=None, help="latent frames per call: a clip's frames "
                         "(tae-temporal, default 4) or a streaming step's chunk (taehv, default 1)")  # fmt: skip
-    parser.add_argument("--latents", default=None, help="real latents file to verify with (default: a sample photo "
-                        "through the family's TAE encoder, where there is one)")  # fmt: skip
+    parser.add_argument("--latents", default=None, help="real latents file to verify with, and the example size "
+                        "unless --size is given (default: a sample photo through the family's TAE encoder, where "
+                        "there is one)")  # fmt: skip
     parser.add_argument("--latents-space", dest="space", default=None, help="latent space if the source lacks it")
     add_weights_dir(parser)
 
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace) -> dict:
     latent_hw = _size(args.size, 512 if kind == "image" else 256, space.spatial_factor)
     frames = args.frames or (4 if kind == "clip" else 1)
     real = read_latents(args.latents) if args.latents else None
+    if real is not None and args.size is None:  # the real latents' size is the example size
+        latent_hw = (int(real.shape[-2]), int(real.shape[-1]))
     model, meta = export_model(decoder, latent_hw, args.batch, frames, args.dynamic_shape, args.fp16, args.opset)
     report = verify(decoder, model, meta, latents=real, weights_dir=args.weights_dir)
     result = {"decoder": args.decoder, "kind": kind, "dtype": meta["dtype"], "opset": meta["opset"],
