@@ -232,3 +232,22 @@ def test_legacy_single_file_decode_is_unchanged(capsys, tmp_path, tiny):
     assert not (tmp_path / "out" / "manifest.jsonl").exists() and "tiling" in json.loads(out)
     arrays = [np.asarray(Image.open(tmp_path / "out" / n)) for n in ("00000.png", "00001.png")]
     assert arrays[0].shape == (64, 64, 3)
+
+
+def test_encode_videos_then_decode_to_mp4_and_a_summary_line(capsys, tmp_path, taesd_weights_dir):
+    from fastdecoders.io import read_video, write_video
+
+    write_video(torch.rand(9, 3, 64, 64), tmp_path / "in" / "clip.mp4")
+    (tmp_path / "in" / "broken.mp4").write_bytes(b"not a video")
+    code, out, _ = run_cli(capsys, "encode", "taesd_encoder", tmp_path / "in", "-o", tmp_path / "shards",
+                           "--latents", "svd", "--frames", "8", "--weights-dir", taesd_weights_dir, "--json",
+                           "--no-progress")  # fmt: skip
+    summary = json.loads(out)
+    assert code == 1 and (summary["written"], summary["failed"]) == (1, 1)  # the broken file is recorded
+    rows = {r["id"]: r for r in manifest_rows(tmp_path / "shards" / "manifest.jsonl")}
+    assert rows["broken"]["status"] == "failed" and "not a readable video" in rows["broken"]["error"]
+    code, out, _ = run_cli(capsys, "decode", "taesd", tmp_path / "shards", "-o", tmp_path / "out", "--weights-dir",
+                           taesd_weights_dir, "--no-progress")  # fmt: skip
+    assert code == 0 and out.startswith("1 written, 0 already done")
+    frames, _ = read_video(tmp_path / "out" / "clip.mp4")
+    assert frames.shape == (8, 3, 64, 64)  # 8 frames encoded frame by frame (SVD latents), decoded back

@@ -151,7 +151,9 @@ def _decode_video(decoder, space, latents: torch.Tensor, out: Path, fps: float) 
 
 def render(result: dict) -> str:
     """A short summary; ``--json`` prints the whole result, the tiling report included."""
-    if "shape" not in result:  # --parallel / batch results: their own fields, printed whole
+    if "engine" in result:  # a batch job: one line (``--json`` for the whole summary)
+        return batch_cli.render(result)
+    if "shape" not in result:  # --parallel results: their own fields, printed whole
         import json
 
         return json.dumps(result, indent=2, default=str)
