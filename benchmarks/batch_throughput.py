@@ -46,7 +46,8 @@ def bare(args, folder: Path, decoder: DecoderArgs) -> dict:
 
 
 def write_cost(photo: str, side: int, repeats: int = 5) -> dict:
-    """Median ms to encode one side x side photo as PNG / JPEG q90 / WebP q90 (one thread): the CPU side of a job."""
+    """Median ms (and KiB) to encode one side x side photo as PNG (zlib level 6 and 1) / JPEG q90 / WebP q90, one
+    thread: the CPU side of a job."""
     import statistics
 
     from fastdecoders.batch.outputs import encode_image
@@ -54,13 +55,13 @@ def write_cost(photo: str, side: int, repeats: int = 5) -> dict:
 
     array = to_uint8(center_crop_resize(read_image(photo), side))
     costs = {}
-    for fmt in ("png", "jpg", "webp"):
+    for name, fmt, level in (("png", "png", 6), ("png_level1", "png", 1), ("jpg", "jpg", 6), ("webp", "webp", 6)):
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            encode_image(array, fmt, 90)
+            size = len(encode_image(array, fmt, 90, level))
             times.append(time.perf_counter() - start)
-        costs[f"{fmt}_ms"] = round(1000 * statistics.median(times), 1)
+        costs[f"{name}_ms"], costs[f"{name}_kb"] = round(1000 * statistics.median(times), 1), round(size / 1024)
     return {"side": side, **costs}
 
 

@@ -80,6 +80,12 @@ def test_decode_many_shards_writes_images_and_a_manifest(capsys, tmp_path, tiny)
         sizes[fmt, q] = sum(len(b) for b in files(target).values())
         assert Image.open(target / f"s0-000.{fmt}").format == {"jpg": "JPEG", "webp": "WEBP"}[fmt]
     assert sizes["jpg", 20] < sizes["jpg", 95]
+    # PNG at zlib level 1: other bytes, the same pixels (lossless)
+    assert run_cli(capsys, "decode", tiny, tmp_path / "in" / "shard-00000.safetensors", "-o", tmp_path / "png1",
+                   "--png-level", "1", "--no-progress")[0] == 0  # fmt: skip
+    for name in ("s0-000.png", "s0-004.png"):
+        fast, default = Image.open(tmp_path / "png1" / name), Image.open(tmp_path / "out" / name)
+        assert np.array_equal(np.asarray(fast), np.asarray(default))
 
 
 def test_resume_skips_verified_items_and_redoes_missing_or_damaged_ones(tmp_path, tiny):

@@ -74,7 +74,7 @@ class _DecodeActor:
         }
 
 
-def _write(batch: dict[str, np.ndarray], fmt: str, quality: int, fps: float) -> dict[str, list]:
+def _write(batch: dict[str, np.ndarray], fmt: str, quality: int, fps: float, png_level: int) -> dict[str, list]:
     from fastdecoders.batch.job import write_unit
 
     unit = Unit.from_row(json.loads(str(batch["unit"][0])))
@@ -82,7 +82,7 @@ def _write(batch: dict[str, np.ndarray], fmt: str, quality: int, fps: float) -> 
     stacked = iter(from_bytes(batch["arrays"][0]) if batch["arrays"][0] else [])
     arrays = [next(stacked) if e is None else None for e in errors]
     decoded = Decoded(arrays, errors, float(batch["seconds"][0]))
-    rows = write_unit(unit, decoded, fmt, quality, fps, str(batch["decoder"][0]))
+    rows = write_unit(unit, decoded, fmt, quality, fps, str(batch["decoder"][0]), png_level)
     return {"rows": [json.dumps(rows)]}
 
 
@@ -118,7 +118,8 @@ def run_ray(job, units: list[Unit], record: Callable[[list[dict]], None]) -> Non
                             num_gpus=job.gpus_per_worker or None,
                             fn_constructor_kwargs={"args": args, "fault_exit_once": job.fault_exit_once})  # fmt: skip
         ds = ds.map_batches(_write, batch_size=1, batch_format="numpy", num_cpus=0, compute=io_pool,
-                            fn_kwargs={"fmt": job.fmt, "quality": job.quality, "fps": job.fps})  # fmt: skip
+                            fn_kwargs={"fmt": job.fmt, "quality": job.quality, "fps": job.fps,
+                                       "png_level": job.png_level})  # fmt: skip
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
             for text in batch["rows"]:
                 record(json.loads(str(text)))
