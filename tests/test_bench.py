@@ -246,7 +246,7 @@ def test_cli_skips_frame_counts_a_video_decoder_cannot_make(capsys, tmp_path):
         (["taesdxl", "--runs", "0"], "--runs >= 1"),
         ([], "expected decoder names or paths"),
         (["--pipeline", "flux"], "--pipeline: expected one of sdxl, svd, wan2.1, got 'flux'"),
-        (["--pipeline", "wan2.1", "--sizes", "80x480x832"], "pixel frame count must be 1 + 4"),
+        (["--pipeline", "wan2.1", "--sizes", "80x480x832"], "no latent frame count decodes to 80 frames"),
         (["--pipeline", "sdxl", "--steps", "0,4"], "--steps: expected positive step counts"),
     ],
 )

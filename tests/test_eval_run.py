@@ -340,7 +340,7 @@ def test_causal_video_decoder_ncthw(tmp_path):
     result = evaluate([decoder], cfg, encoders={"wan2.1": encoder_for("wan2.1")})
     d = result["decoders"]["fake-wan"]
     assert d["kind"] == "video" and d["n"] == 1 and d["psnr"]["mean"] > 0
-    with pytest.raises(FastDecodersError, match=r"1 \+ 4·k, got 8"):
+    with pytest.raises(FastDecodersError, match=r"no latent frame count decodes to 8 frames; .*1 \+ 4·\(t − 1\)"):
         evaluate([decoder], replace(cfg, clip_length=8), encoders={"wan2.1": encoder_for("wan2.1")})
     with pytest.raises(FastDecodersError, match="no tiny encoder makes wan2.1 latents"):
         evaluate([decoder], cfg)
@@ -374,7 +374,7 @@ def test_every_registered_video_decoder_evaluates(tmp_path, name):
         pytest.skip("no video decoders are registered yet")
     decoder = tiny(name)
     space = get_latent_space(decoder.latent_space_name)
-    frames = 1 + 2 * space.temporal_factor if space.is_causal else 3
+    frames = space.pixel_frames(space.next_latent_frames(2))  # Wan: 1 + 4 = 5; H3: t = 5·n − 3 = 2 gives 5 too
     side = 2 * space.spatial_factor
     video(tmp_path / "v" / "a.mp4", frames=frames, size=(side, side))
     cfg = config(tmp_path, tmp_path / "v", kind="videos", clip_length=frames, metrics=("psnr", "flicker"))

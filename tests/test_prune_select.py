@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def redundant_activations(n: int = 4096) -> torch.Tensor:
     """(n, 8) activations: channels 0-3 independent and quiet, 4-7 loud copies mixing pairs of them."""
-    base = torch.randn(n, 4, dtype=torch.float64)
+    # numpy's PCG64 draws the same numbers on every CPU; torch.randn's vectorised path differs between CPU kinds,
+    # and some draws make the pivoted choice lean on the ridge more than this test's 1% tolerance allows
+    base = torch.from_numpy(np.random.default_rng(0).standard_normal((n, 4)))
     mix = torch.tensor([[1.0, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 1]], dtype=torch.float64) * 3
     return torch.cat([base, base @ mix.T], dim=1)
 

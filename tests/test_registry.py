@@ -16,7 +16,7 @@ def _latents_for(decoder, space) -> tuple[torch.Tensor, dict, tuple[int, ...]]:
     h = w = 2 if space.spatial_factor >= 32 else 4
     H, W = h * space.spatial_factor, w * space.spatial_factor
     if decoder.latent_ndim == 5:
-        t = 3
+        t = space.next_latent_frames(3)
         return torch.randn(2, space.channels, t, h, w), {}, (2, 3, space.pixel_frames(t), H, W)
     if "num_frames" in inspect.signature(decoder.forward).parameters:  # SVD-style (B·T, C, h, w) + num_frames
         return torch.randn(2 * 3, space.channels, h, w), {"num_frames": 3}, (6, 3, H, W)

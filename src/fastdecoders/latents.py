@@ -100,6 +100,13 @@ class LatentSpace:
         if bad:
             raise FastDecodersError(f"{self.name}: {latent_frames} latent frames; expected {self.frame_rule()}")
 
+    def next_latent_frames(self, at_least: int = 1) -> int:
+        """The smallest latent frame count >= ``at_least`` that this space's VAE makes (H3: 5·n − 3; others: any)."""
+        t = max(1, at_least)
+        while self.frame_chunk and (t + self.tail_latents) % self.frame_chunk:
+            t += 1
+        return t
+
     def pixel_frames(self, latent_frames: int) -> int:
         """Pixel frames decoded from ``latent_frames`` (Wan: 1 + 4·(t − 1); CogVideoX: 4·t for even t)."""
         self.check_latent_frames(latent_frames)

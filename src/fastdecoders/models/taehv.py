@@ -276,6 +276,15 @@ class TAEHVDecoder(Decoder):
         if config.encoder:
             self.encoder = _Layers(encoder_layers(config))
         self.decoder = _Layers(decoder_layers(config))
+        self.requires_grad_(True)
+
+    def requires_grad_(self, requires_grad: bool = True) -> TAEHVDecoder:
+        """As ``nn.Module``'s, except that the bundled encoder stays frozen: it serves ``encode`` only, training a
+        decoder never updates it, and DDP must not wait for gradients it never gets."""
+        super().requires_grad_(requires_grad)
+        if self.config.encoder:
+            self.encoder.requires_grad_(False)
+        return self
 
     @property
     def has_encoder(self) -> bool:
