@@ -18,10 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fastdecoders: one .safetensors with the config inside; diffusers: an AutoencoderTiny "
                         "folder (TAE decoders only)")  # fmt: skip
     parser.add_argument("--latents-space", dest="space", default=None, help="latent space, if the source lacks it")
-    add_weights_dir(parser)
-
     parser.add_argument("--overwrite", action="store_true", help="--to diffusers: replace an existing non-empty "
                         "output folder (otherwise refused; the folder is only swapped once the new one is complete)")
+    add_weights_dir(parser)
+
 
 def run(args: argparse.Namespace) -> dict:
     decoder = load_decoder(args.source, latents=args.space, weights_dir=args.weights_dir)
