@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -16,6 +18,7 @@ def half_size(image: torch.Tensor) -> torch.Tensor:
 
 #: side (pixels) of the crop on which the encoder's memory per pixel is measured
 ENCODER_PROBE = 64
+_ENCODER_PROBES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, float]] = weakref.WeakKeyDictionary()
 
 
 def check_encoder_fits(encoder: nn.Module, images: torch.Tensor, max_memory_bytes: int | None = None) -> None:
@@ -28,9 +31,16 @@ def check_encoder_fits(encoder: nn.Module, images: torch.Tensor, max_memory_byte
     device = images.device
     budget = max_memory_bytes or int(AUTO_BUDGET_FRACTION.get(device.type, 0.5) * memory_budget(device))
     probe = images[:1, :, :ENCODER_PROBE, :ENCODER_PROBE]
-    scale = images.shape[0] * images.shape[-2] * images.shape[-1] / (probe.shape[-2] * probe.shape[-1])
-    for measure in (lambda fn: rough_peak_bytes(fn, encoder), lambda fn: measure_peak_bytes(fn, device)):
-        peak = measure(lambda: encoder(probe))[0] * scale
+    pixels = images.shape[0] * images.shape[-2] * images.shape[-1]
+    # bytes per pixel, measured once per encoder, device and dtype (a probe costs about half an encode on the CPU)
+    cache = _ENCODER_PROBES.setdefault(encoder, {})
+    for precise, measure in enumerate(
+        (lambda fn: rough_peak_bytes(fn, encoder), lambda fn: measure_peak_bytes(fn, device))
+    ):
+        key = (str(device), images.dtype, bool(precise))
+        if key not in cache:
+            cache[key] = measure(lambda: encoder(probe))[0] / (probe.shape[-2] * probe.shape[-1])
+        peak = cache[key] * pixels
         if peak <= budget:
             return
     h, w = images.shape[-2:]
