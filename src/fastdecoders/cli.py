@@ -27,7 +27,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("fastdecoders.eval.cli", "quality on real images/videos: PSNR, SSIM, LPIPS, FID, flicker"),
     "train": ("fastdecoders.train.cli", "distil a student decoder from a teacher (YAML config)"),
     "prune": ("fastdecoders.prune.cli", "independence-aware channel pruning of an existing decoder"),
-    "switch": ("fastdecoders.switching.cli", "fit a light/heavy decoder switch (a gate routing each item)"),
+    "switch": ("fastdecoders.commands.switch_cmd", "fit a light/heavy decoder switch (a gate routing each item)"),
     "preview": ("fastdecoders.previews.cli", "fit a linear latent->RGB preview for a VAE (preview fit)"),
 }
 
