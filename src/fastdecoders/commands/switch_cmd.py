@@ -1,19 +1,17 @@
 """``fastdecoders switch fit LIGHT HEAVY --images DIR [--budget 0.2 | --floor 0.95@1] -o switch.safetensors``.
 
-Encodes the photos with the latent space's tiny encoder, decodes them with both decoders (the only "labels" are
-the heavy decoder's own outputs), trains the gate on most of them and calibrates its threshold on the held-back
-rest, then writes the switch file (gate + threshold + the two decoders' names) and prints the report.
+Parses the arguments and calls ``fastdecoders.switching.fit.fit_from_images`` (encode the photos, decode them with
+both decoders -- the only "labels" are the heavy decoder's own outputs --, train the gate, calibrate its threshold on
+the held-back rest, write the switch file); prints its report.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from fastdecoders.commands import add_weights_dir, format_table
-from fastdecoders.errors import FastDecodersError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,32 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from fastdecoders.switching.calibrate import parse_floor
-    from fastdecoders.switching.core import check_pair
-    from fastdecoders.switching.fit import encode_photos, fit_switch, load_photos
-    from fastdecoders.weights import load_decoder
+    from fastdecoders.switching.fit import fit_from_images
 
-    if not str(args.out).endswith(".safetensors"):
-        raise FastDecodersError(f"-o: expected a .safetensors path, got {args.out}")
-    if args.budget is not None and not 0 <= args.budget <= 1:
-        raise FastDecodersError(f"--budget: expected a fraction in [0, 1], got {args.budget}")
-    if not 0 < args.holdout < 1:
-        raise FastDecodersError(f"--holdout: expected a fraction in (0, 1), got {args.holdout}")
-    floor = parse_floor(args.floor) if args.floor else None
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not Path(args.images).is_dir():
-        raise FastDecodersError(f"--images: expected a folder of photos, got {args.images}")
-    light = load_decoder(args.light, weights_dir=args.weights_dir)
-    heavy = load_decoder(args.heavy, weights_dir=args.weights_dir)
-    check_pair(light, heavy)  # before the (slow) encoding and decoding
-    photos, _ = load_photos(args.images, args.size, args.limit)
-    with torch.no_grad():
-        latents = encode_photos(photos, light.latent_space_name, args.weights_dir)
-    sw, report = fit_switch(light, heavy, latents, photos, light_name=args.light, heavy_name=args.heavy,
-                            kind=args.gate, budget=args.budget, floor=floor, holdout=args.holdout,
-                            epochs=args.epochs)  # fmt: skip
-    report["file"] = sw.save_pretrained(args.out, extra={"report": report})
-    return report
+    return fit_from_images(args.light, args.heavy, args.images, args.out, size=args.size, limit=args.limit,
+                           kind=args.gate, budget=args.budget, floor=parse_floor(args.floor) if args.floor else None,
+                           holdout=args.holdout, epochs=args.epochs, weights_dir=args.weights_dir)  # fmt: skip
 
 
 def render(result: dict) -> str:

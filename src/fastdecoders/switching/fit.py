@@ -193,6 +193,36 @@ def fit_switch(light: Decoder, heavy: Decoder, latents: torch.Tensor, photos01: 
     return sw, report
 
 
+def fit_from_images(light: str, heavy: str, images: str | Path, out: str | Path, *, size: int = 256,
+                    limit: int | None = None, kind: str = "latent", budget: float | None = None,
+                    floor: tuple[float, float] | None = None, holdout: float = 0.2, epochs: int = 300,
+                    weights_dir: str | None = None, show: bool = True) -> dict:  # fmt: skip
+    """``fastdecoders switch fit``: load both decoders (names or files), encode the photos of ``images`` with the
+    latent space's tiny encoder, fit and calibrate (``fit_switch``), write the switch file ``out`` (.safetensors,
+    the report in its metadata); returns the report with ``file`` added."""
+    from fastdecoders.switching.core import check_pair
+    from fastdecoders.weights import load_decoder
+
+    if not str(out).endswith(".safetensors"):
+        raise FastDecodersError(f"-o: expected a .safetensors path, got {out}")
+    if budget is not None and not 0 <= budget <= 1:
+        raise FastDecodersError(f"--budget: expected a fraction in [0, 1], got {budget}")
+    if not 0 < holdout < 1:
+        raise FastDecodersError(f"--holdout: expected a fraction in (0, 1), got {holdout}")
+    if not Path(images).is_dir():
+        raise FastDecodersError(f"--images: expected a folder of photos, got {images}")
+    light_d = load_decoder(light, weights_dir=weights_dir)
+    heavy_d = load_decoder(heavy, weights_dir=weights_dir)
+    check_pair(light_d, heavy_d)  # before the (slow) encoding and decoding
+    photos, _ = load_photos(images, size, limit)
+    with torch.no_grad():
+        latents = encode_photos(photos, light_d.latent_space_name, weights_dir, show=show)
+    sw, report = fit_switch(light_d, heavy_d, latents, photos, light_name=light, heavy_name=heavy, kind=kind,
+                            budget=budget, floor=floor, holdout=holdout, epochs=epochs, show=show)  # fmt: skip
+    report["file"] = sw.save_pretrained(str(out), extra={"report": report})
+    return report
+
+
 def gate_flops(sw: Any, z: torch.Tensor) -> dict[str, float]:
     """FLOPs of one item (``fastdecoders.bench.flops.count_flops``): gate, light, heavy, and gate / light."""
     from fastdecoders.bench.flops import count_flops
