@@ -26,8 +26,9 @@ from fastdecoders.export.onnx import check_arch  # noqa: E402
 from fastdecoders.export.stream import OnnxStreamingDecoder  # noqa: E402
 from fastdecoders.export.verify import FP32_TOLERANCE, verify  # noqa: E402
 from fastdecoders.fast import optimize  # noqa: E402
-from fastdecoders.models.base import call_kind  # noqa: E402
-from fastdecoders.registry import build_decoder, get_spec, list_decoders  # noqa: E402
+from fastdecoders.models import build_decoder  # noqa: E402
+from fastdecoders.models.protocol import call_kind  # noqa: E402
+from fastdecoders.registry import get_spec, list_decoders  # noqa: E402
 from fastdecoders.weights import save_decoder  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

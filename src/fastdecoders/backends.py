@@ -354,7 +354,7 @@ def call_shape(decoder: nn.Module, latents: torch.Tensor) -> tuple[tuple[int, ..
     """(latents shape ``auto`` measures at, num_frames) for ``decode``'s latents: one image of an NCHW batch, the clip
     for video decoders, one clip's (T, C, h, w) frames for image and SVD-style decoders given video latents; sides
     capped at ``AUTO_MAX_SIDE`` latent pixels and clips at ``AUTO_MAX_FRAMES`` frames."""
-    from fastdecoders.models.base import call_kind
+    from fastdecoders.models.protocol import call_kind
 
     kind = call_kind(decoder)
     h, w = (min(n, AUTO_MAX_SIDE) for n in latents.shape[-2:])

@@ -176,7 +176,7 @@ def optimize(
 def _auto_shape(decoder: nn.Module, shape: tuple[int, ...] | None, num_frames: int | None):
     """(latents shape, num_frames) for ``auto``: the given ones, or a 512x512 image / 256x256 clip of the family."""
     from fastdecoders.latents import get_latent_space
-    from fastdecoders.models.base import call_kind
+    from fastdecoders.models.protocol import call_kind
 
     kind = call_kind(decoder)
     if shape is not None:

@@ -28,7 +28,7 @@ from fastdecoders.eval.cache import Store
 from fastdecoders.eval.data import Item, Preprocess, Sample, SkipList, discover, load
 from fastdecoders.io import locked_folder
 from fastdecoders.latents import LatentSpace, get_latent_space
-from fastdecoders.models.base import call_kind
+from fastdecoders.models.protocol import call_kind
 
 PIXEL_METRICS = ("psnr", "ssim", "ms_ssim", "lpips_alex", "lpips_vgg")
 CLIP_METRICS = ("flicker",)

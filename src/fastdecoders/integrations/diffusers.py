@@ -36,7 +36,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import LATENT_SPACES, LatentSpace, frames_to_video, get_latent_space, video_to_frames
 from fastdecoders.models import Decoder, DecoderOutput
-from fastdecoders.models.base import call_kind
+from fastdecoders.models.protocol import call_kind
 from fastdecoders.registry import get_spec, list_decoders
 from fastdecoders.weights import load_decoder
 

@@ -6,44 +6,28 @@ A decoder is an ``nn.Module`` built from one frozen dataclass config. Its ``forw
 
 Image decoders: (B, C, h, w) -> (B, 3, f·h, f·w).
 Video decoders: (B, C, t, h, w) -> (B, 3, T, f·h, f·w) with T given by the latent space's frame arithmetic,
-except ``TemporalTAEDecoder`` which, like SVD's decoder, takes (B·T, C, h, w) plus ``num_frames``.
+except ``TemporalTAEDecoder`` which, like SVD's decoder, takes (B·T, C, h, w) plus ``num_frames``. Callers use
+``decode_latents`` (``fastdecoders.models.protocol``), which hides these differences.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-from torch import nn
+from fastdecoders.models.protocol import DecoderOutput, LatentDecoder
+
+__all__ = ["Decoder", "DecoderOutput", "config_from_dict", "config_to_dict"]
 
 
-@dataclass
-class DecoderOutput:
-    """Mirror of ``diffusers``' ``DecoderOutput``: ``sample`` is RGB in [-1, 1]."""
+class Decoder(LatentDecoder):
+    """Base class: subclasses set ``arch`` and ``config_class`` and build their layers from ``self.config``.
 
-    sample: torch.Tensor
-
-
-def call_kind(decoder: nn.Module) -> str:
-    """How a decoder is called: ``"video"`` (NCTHW clips), ``"temporal"`` ((B·T, C, h, w) frames plus ``num_frames``,
-    like SVD's temporal decoder) or ``"image"`` (NCHW; video is decoded frame by frame)."""
-    if getattr(decoder, "latent_ndim", 4) == 5:
-        return "video"
-    if "num_frames" in inspect.signature(decoder.forward).parameters:
-        return "temporal"
-    return "image"
-
-
-class Decoder(nn.Module):
-    """Base class: subclasses set ``arch`` and ``config_class`` and build their layers from ``self.config``."""
+    How a decoder is called (``decode_latents``, ``tile_job``, ``receptive_field``) is ``LatentDecoder``'s protocol.
+    """
 
     arch: ClassVar[str]
     config_class: ClassVar[type]
-    #: 4 for image decoders (NCHW), 5 for video decoders (NCTHW).
-    latent_ndim: ClassVar[int] = 4
 
     def __init__(self, config: Any):
         super().__init__()
@@ -54,19 +38,6 @@ class Decoder(nn.Module):
     @property
     def latent_channels(self) -> int:
         return self.config.latent_channels
-
-    @property
-    def receptive_field(self) -> int | None:
-        """Latent pixels each side of an output pixel's position that it depends on; None if unbounded or unknown.
-
-        ``fastdecoders.tiling`` tiles exactly when this is known (overlap >= it), and blends tiles otherwise.
-        """
-        return None
-
-    def decode(self, latents: torch.Tensor, return_dict: bool = True, **kwargs: Any) -> DecoderOutput | tuple:
-        """diffusers-style entry point: ``decode(z).sample`` is RGB in [-1, 1]."""
-        sample = self(latents, **kwargs)
-        return DecoderOutput(sample) if return_dict else (sample,)
 
     def config_dict(self) -> dict[str, Any]:
         return config_to_dict(self.config)

@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from fastdecoders.models.base import Decoder
-from fastdecoders.models.layers import Clamp, ResBlock, conv3x3, receptive_radius, sequence_ops
+from fastdecoders.models.layers import Clamp, ResBlock, conv3x3, module_ops, receptive_radius, sequence_ops
+from fastdecoders.models.protocol import TileJob
+from fastdecoders.registry import DecoderSpec, register
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,39 @@ class TAEDecoder(Decoder):
         return None if ops is None else receptive_radius(ops)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        x = latents
-        for layer in self.children():
+        return self.render(latents, 0)
+
+    def render(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Layers ``start``.. on ``x``, then the output transform: the network emits [0, 1]; diffusers' is [-1, 1]."""
+        for layer in list(self.children())[start:]:
             x = layer(x)
-        return x.mul(2).sub(1)  # the network emits [0, 1]; diffusers' convention is [-1, 1]
+        return x.mul(2).sub(1)
+
+    def tile_job(self, latents: torch.Tensor, num_frames: int | None = None) -> TileJob:
+        """TAEF2's pooled GroupNorm normalises over the whole map, but only at latent size: those first layers run
+        once on the whole latent (cheap) and the rest, spatially bounded again, is tiled exactly."""
+        split = self._global_prefix() if self.receptive_field is None and latents.ndim == 4 else None
+        if split is None:
+            return super().tile_job(latents, num_frames)
+        layers = list(self.children())
+        with torch.no_grad():
+            features = latents
+            for layer in layers[:split]:
+                features = layer(features)
+        tail = receptive_radius(sequence_ops(layers[split:]))
+        fixed = features.numel() * features.element_size()
+        return TileJob("image", features, lambda x: self.render(x, split), tail, fixed_bytes=fixed)
+
+    def _global_prefix(self) -> int | None:
+        """With global layers (pooled GroupNorm) only at latent size: how many leading layers to run whole."""
+        layers = list(self.children())
+        unbounded = [i for i, layer in enumerate(layers) if module_ops(layer) is None]
+        split = unbounded[-1] + 1
+        if any(isinstance(layer, nn.Upsample) for layer in layers[:split]):
+            return None
+        if sequence_ops(layers[split:]) is None:
+            return None
+        return split
 
 
 @dataclass(frozen=True)
@@ -114,8 +145,6 @@ def _register_sequence(module: nn.Module, layers: list[nn.Module]) -> None:
 
 
 def _register_variants() -> None:
-    from fastdecoders.registry import DecoderSpec, register
-
     upstream = {  # name: (latent space, latent channels, TAEF2 pool branch, hub repo in AutoencoderTiny layout)
         "taesd": ("sd1", 4, False, "madebyollin/taesd"),
         "taesdxl": ("sdxl", 4, False, "madebyollin/taesdxl"),

@@ -35,9 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.latents import LatentSpace, get_latent_space
+from fastdecoders.latents import LatentSpace, frames_to_video, get_latent_space, video_to_frames
 from fastdecoders.models.base import Decoder
 from fastdecoders.models.layers import Clamp, SpatialOps, conv3x3, module_ops, receptive_radius, sequence_ops
+from fastdecoders.models.protocol import LatentDecoder, TileJob
+from fastdecoders.registry import DecoderSpec, register
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,7 @@ class TAEHVDecoder(Decoder):
     arch = "taehv"
     config_class = TAEHVConfig
     latent_ndim = 5
+    decodes_clips = True
 
     def __init__(self, config: TAEHVConfig):
         super().__init__(config)
@@ -339,6 +342,24 @@ class TAEHVDecoder(Decoder):
         raw = self.decoder.run(latents.transpose(1, 2), self.decoder.initial_state())
         return gate.keep(raw).transpose(1, 2)
 
+    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """NCTHW clips as ``forward``; frames (B·t, C, h, w) are regrouped into clips of ``num_frames`` latent
+        frames (None: one clip) and the decoded pixel frames returned flat, (B·T, 3, H, W)."""
+        if latents.ndim == 4:
+            return video_to_frames(self(frames_to_video(latents, num_frames or latents.shape[0])))
+        return self(latents)
+
+    def tile_job(self, latents: torch.Tensor, num_frames: int | None = None) -> TileJob:
+        """Causal in time: the tiler pushes chunks of latent frames through ``stream`` (and may tile each spatially)."""
+        finish = None
+        if latents.ndim == 4:
+            latents, finish = frames_to_video(latents, num_frames or latents.shape[0]), video_to_frames
+        self.check_latents(latents)
+        radius = self.receptive_field
+        note = "" if radius is not None else f"{type(self).__name__} has no bounded receptive field"
+        return TileJob("causal", latents, self, radius, note=note, stream=lambda t: self.stream(latent_frames=t),
+                       pixel_frames=self.pixel_frames, finish=finish)  # fmt: skip
+
     def stream(self, latent_frames: int | None = None) -> VideoStream:
         """A streaming decoder: push latent frames in chunks of any size, get their pixel frames back at once.
 
@@ -407,7 +428,7 @@ def describe(config: TAEHVConfig) -> str:
     )
 
 
-class StillImages(nn.Module):
+class StillImages(LatentDecoder):
     """A TAEHV model as an image decoder: (B, C, h, w) latents -> (B, 3, H, W) in [-1, 1], each a one-frame clip (the
     first latent frame of a clip decodes to exactly one frame). For photo round trips (``fastdecoders roundtrip``)."""
 
@@ -650,8 +671,6 @@ def _tiny(config: TAEHVConfig) -> TAEHVConfig:
 
 
 def _register_variants() -> None:
-    from fastdecoders.registry import DecoderSpec, register
-
     entries = {stem: (space, stem, overrides) for stem, (space, overrides) in PUBLISHED.items()} | ALIASES
     for name, (space_name, stem, overrides) in entries.items():
         config = TAEHVConfig(**overrides)

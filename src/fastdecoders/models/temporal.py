@@ -19,9 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.latents import frames_to_video, video_to_frames
 from fastdecoders.models.base import Decoder
 from fastdecoders.models.layers import ResBlock, SpatialOps, module_ops, receptive_radius, sequence_ops
+from fastdecoders.models.protocol import TileJob
 from fastdecoders.models.tae import TAEConfig, TAEDecoder, _decoder_layers, _register_sequence
+from fastdecoders.registry import DecoderSpec, register
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class TemporalTAEDecoder(Decoder):
 
     arch = "tae-temporal"
     config_class = TemporalTAEConfig
+    decodes_clips = True
 
     def __init__(self, config: TemporalTAEConfig):
         super().__init__(config)
@@ -131,6 +135,24 @@ class TemporalTAEDecoder(Decoder):
                 x = self.temporal(x, num_frames)
             x = getattr(self, str(index))(x)
         return x.mul(2).sub(1)  # the TAE layers emit [0, 1]; diffusers' convention is [-1, 1]
+
+    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """Frames (B·T, C, h, w) + ``num_frames`` as ``forward``; NCTHW clips are flattened to their frames."""
+        if latents.ndim == 5:
+            return frames_to_video(self(video_to_frames(latents), num_frames=latents.shape[2]), latents.shape[2])
+        return self(latents, num_frames=num_frames)
+
+    def tile_job(self, latents: torch.Tensor, num_frames: int | None = None) -> TileJob:
+        """Frames mix once at latent size (``temporal_features``); the frame-wise rest (``render_frames``) is tiled."""
+        finish = None
+        if latents.ndim == 5:
+            t = num_frames = latents.shape[2]
+            latents, finish = video_to_frames(latents), (lambda out: frames_to_video(out, t))
+        frames = latents.shape[0] if num_frames is None else num_frames
+        with torch.no_grad():
+            features = self.temporal_features(latents, frames)  # frames mix here, at latent size, once
+        fixed = features.numel() * features.element_size()
+        return TileJob("temporal", features, self.render_frames, self.render_receptive_field, 1, fixed, finish=finish)
 
     @property
     def receptive_field(self) -> int | None:
@@ -191,8 +213,6 @@ class TemporalTAEDecoder(Decoder):
 
 
 def _register_variants() -> None:
-    from fastdecoders.registry import DecoderSpec, register
-
     register(DecoderSpec(
         "tae-temporal-svd", "tae-temporal", TemporalTAEConfig(), "svd",
         tiny=TemporalTAEConfig(widths=(12,) * 4, blocks=(1, 1, 1, 1), attention_head_dim=4),

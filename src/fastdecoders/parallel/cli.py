@@ -13,7 +13,7 @@ import torch.distributed as dist
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import read_latents, write_image, write_video
 from fastdecoders.latents import get_latent_space, ncthw_to_ntchw, ntchw_to_ncthw, to_01
-from fastdecoders.models.base import call_kind
+from fastdecoders.models.protocol import call_kind
 from fastdecoders.parallel.decode import MODES, choose_mode, init_process_group, parallel_decode, split_rows
 
 

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.models.base import call_kind
+from fastdecoders.models.protocol import call_kind
 from fastdecoders.parallel.comm import Bands, gather_bands, split_rows
 from fastdecoders.parallel.layers import band_layers, unsupported
 

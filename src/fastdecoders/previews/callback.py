@@ -25,7 +25,7 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import LatentSpace, get_latent_space, to_01, unpack_tokens
-from fastdecoders.models.base import call_kind
+from fastdecoders.models.protocol import call_kind
 from fastdecoders.previews.linear import LinearPreview, load_linear_preview
 from fastdecoders.previews.sinks import PreviewFrame, make_sink
 

@@ -1,0 +1,121 @@
+"""The decode protocol: how any caller (eval, bench, tiling, the CLI, integrations) asks a decoder to decode.
+
+Callers never inspect a decoder's type or ``forward`` signature; they call ``decode_latents`` with latents in one of
+two shapes and the decoder answers for itself:
+
+* frames ``(N, C, h, w)`` -> ``(N, 3, H, W)``; ``num_frames`` = frames per clip (frame index fastest, SVD's
+  convention), None = all N frames are one clip. Image decoders ignore it (each frame alone).
+* clips ``(B, C, t, h, w)`` (NCTHW) -> ``(B, 3, T, H, W)``; image decoders decode them frame by frame (T = t).
+
+The defaults below are an image decoder's (``forward`` takes (N, C, h, w)). ``TemporalTAEDecoder`` (``forward``
+takes frames + ``num_frames``), ``TAEHVDecoder`` (NCTHW clips, causal) and the diffusers-VAE decoder override them.
+``tile_job`` is the one hook bounded-memory decoding (``fastdecoders.tiling``) asks for: what to cut into pieces and
+the function turning one piece into RGB. Wrappers (runtime backends, tiled decoding, the switch) subclass
+``LatentDecoder`` and follow the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fastdecoders.latents import frames_to_video, video_to_frames
+
+
+@dataclass
+class DecoderOutput:
+    """Mirror of ``diffusers``' ``DecoderOutput``: ``sample`` is RGB in [-1, 1]."""
+
+    sample: torch.Tensor
+
+
+@dataclass
+class TileJob:
+    """What a bounded-memory decode cuts into pieces (spatially, along the batch, or along time for ``causal``).
+
+    ``fn`` maps any spatial window / batch slice of ``inputs`` to RGB; ``finish`` maps the assembled output back to
+    the shape ``decode_latents`` returns (e.g. frames -> clips).
+    """
+
+    kind: str  # "image" | "clips" | "temporal" | "causal" (reports and probe cache keys)
+    inputs: torch.Tensor  # (N, C, h, w) or (N, C, t, h, w)
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    radius: int | None  # receptive field of ``fn`` in pixels of ``inputs``; None: unbounded (blended tiles)
+    batch_unit: int = 1  # batch chunks are multiples of this (frames of one clip for num_frames decoders)
+    fixed_bytes: int = 0  # memory held throughout besides the output (features computed once)
+    note: str = ""
+    #: causal decoders: ``stream(latent_frames)`` -> an object with ``push(chunk) -> pixels`` and ``flush()``.
+    stream: Callable[[int], Any] | None = None
+    #: causal decoders: pixel frames made of a clip of t latent frames.
+    pixel_frames: Callable[[int], int] | None = None
+    finish: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+class LatentDecoder(nn.Module):
+    """The protocol: ``decode_latents``, ``decodes_clips``, ``receptive_field``, ``tile_job`` and diffusers' ``decode``.
+
+    Defaults are an image decoder's; subclasses that take clips or ``num_frames`` override ``decode_latents`` and
+    ``tile_job``.
+    """
+
+    #: rank of the latents ``forward`` takes: 4 (N, C, h, w) or 5 (B, C, t, h, w). Reading an input file's shape
+    #: (a 4-d clip without its batch axis) needs it; how to call the decoder never does (``decode_latents``).
+    latent_ndim: ClassVar[int] = 4
+    #: whether frames of one clip depend on each other (temporal attention, causal video, video VAEs).
+    decodes_clips: ClassVar[bool] = False
+
+    @property
+    def receptive_field(self) -> int | None:
+        """Latent pixels each side of an output pixel's position that it depends on; None if unbounded or unknown.
+
+        ``fastdecoders.tiling`` tiles exactly when this is known (overlap >= it), and blends tiles otherwise.
+        """
+        return None
+
+    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """Diffusion-space frames (N, C, h, w) or NCTHW clips (B, C, t, h, w) -> RGB in [-1, 1] of the same layout.
+
+        Image decoders: frame by frame (``num_frames`` does not matter).
+        """
+        if latents.ndim == 5 and self.latent_ndim == 4:
+            return frames_to_video(self(video_to_frames(latents)), latents.shape[2])
+        return self(latents)
+
+    def tile_job(self, latents: torch.Tensor, num_frames: int | None = None) -> TileJob:
+        """The tiling hook: ``latents`` as ``decode_latents`` takes them -> the ``TileJob`` the tiler cuts up."""
+        radius = self.receptive_field
+        note = "" if radius is not None else f"{type(self).__name__} has no bounded receptive field"
+        if latents.ndim == 5 and self.latent_ndim == 4:  # clips for a frame-wise decoder: tile its frames
+            t = latents.shape[2]
+            frames = video_to_frames(latents)
+            return TileJob("image", frames, self, radius, note=note, finish=lambda out: frames_to_video(out, t))
+        return TileJob("image", latents, self, radius, note=note)
+
+    def decode(self, latents: torch.Tensor, return_dict: bool = True, **kwargs: Any) -> DecoderOutput | tuple:
+        """diffusers-style entry point: ``decode(z).sample`` is RGB in [-1, 1] (``forward``'s own arguments)."""
+        sample = self(latents, **kwargs)
+        return DecoderOutput(sample) if return_dict else (sample,)
+
+
+def frames_job(decoder: LatentDecoder, latents: torch.Tensor, num_frames: int | None, note: str = "") -> TileJob:
+    """The ``TileJob`` of a decoder whose ``forward`` takes frames + ``num_frames`` (SVD-style): clips are flattened
+    to frames, batch chunks hold whole clips."""
+    finish = None
+    if latents.ndim == 5:
+        num_frames, finish = latents.shape[2], (lambda out, t=latents.shape[2]: frames_to_video(out, t))
+        latents = video_to_frames(latents)
+    n = latents.shape[0] if num_frames is None else num_frames
+    return TileJob("clips", latents, lambda x: decoder(x, num_frames=n), decoder.receptive_field, n, note=note,
+                   finish=finish)  # fmt: skip
+
+
+def call_kind(decoder: nn.Module) -> str:
+    """A decoder's kind, for reports and export metadata only (never to choose how to call it: ``decode_latents``):
+    ``"video"`` (``forward`` takes NCTHW clips), ``"temporal"`` (frames of a clip decoded together) or ``"image"``."""
+    if getattr(decoder, "latent_ndim", 4) == 5:
+        return "video"
+    return "temporal" if getattr(decoder, "decodes_clips", False) else "image"
