@@ -17,7 +17,7 @@ import time
 import torch
 
 from fastdecoders.fast import optimize
-from fastdecoders.registry import build_decoder
+from fastdecoders.models import build_decoder
 
 
 def main() -> None:

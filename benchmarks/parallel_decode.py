@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fastdecoders.models import build_decoder
 from fastdecoders.parallel import init_process_group, parallel_decode
-from fastdecoders.registry import build_decoder
 from fastdecoders.tiling import measure_peak_bytes
 
 

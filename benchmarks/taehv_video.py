@@ -19,7 +19,7 @@ import torch
 
 from fastdecoders.bench.timing import default_sync, time_fn
 from fastdecoders.latents import get_latent_space
-from fastdecoders.registry import build_decoder
+from fastdecoders.models import build_decoder
 from fastdecoders.tiling import measure_peak_bytes
 
 

@@ -24,8 +24,8 @@ from fastdecoders.bench.speed import (
 from fastdecoders.bench.timing import CpuPeak, summarize, time_fn
 from fastdecoders.cli import main
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models import build_decoder
 from fastdecoders.models.teachers import PUBLISHED, teacher_for
-from fastdecoders.registry import build_decoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

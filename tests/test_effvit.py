@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models import build_decoder
 from fastdecoders.models.effvit import EfficientViTBlock, EffViTConfig, EffViTDecoder, MultiScaleLinearAttention
-from fastdecoders.registry import build_decoder, get_spec
+from fastdecoders.registry import get_spec
 
 NAMES = ["effvit-sdxl", "effvit-attn-sdxl"]
 

@@ -19,9 +19,9 @@ import torch
 
 from fastdecoders.cli import main
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models import build_decoder
 from fastdecoders.parallel import band_layers, choose_mode, parallel_decode, parallel_decode_frames, split_rows
 from fastdecoders.parallel.comm import Bands
-from fastdecoders.registry import build_decoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

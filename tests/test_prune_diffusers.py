@@ -101,8 +101,9 @@ def test_unsupported_layouts_are_one_clear_error():
 def test_registry_teachers_prune_to_students_that_load(name, tmp_path):
     """The registered original VAEs (tiny configs; SDXL: 4 latent channels + quant convs, FLUX: 16 and none, Wan:
     video) are valid teachers: the student reads the same latents and reloads identically."""
+    from fastdecoders.models import build_decoder
     from fastdecoders.prune.calib import random_latents
-    from fastdecoders.registry import build_decoder, get_spec
+    from fastdecoders.registry import get_spec
 
     teacher = build_decoder(name, tiny=True).eval()
     side = 2 if get_spec(name).latent_space.spatial_factor == 32 else 4

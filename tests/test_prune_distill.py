@@ -10,7 +10,7 @@ import torch
 
 from fastdecoders import load_decoder
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.models import TAEConfig, TAEDecoder
+from fastdecoders.models import TAEConfig, TAEDecoder, build_decoder
 from fastdecoders.prune import prune
 from fastdecoders.prune.distill import (
     align_features,
@@ -21,7 +21,7 @@ from fastdecoders.prune.distill import (
     register_student,
     run_recipe,
 )
-from fastdecoders.registry import build_decoder, get_spec
+from fastdecoders.registry import get_spec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

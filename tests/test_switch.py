@@ -14,7 +14,7 @@ import torch
 
 import fastdecoders
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.registry import build_decoder
+from fastdecoders.models import build_decoder
 from fastdecoders.switching import PIPELINE_VAE, Gate, GateConfig, SwitchConfig, SwitchDecoder
 from fastdecoders.switching.calibrate import threshold_for_budget, threshold_for_floor, within_floor
 from fastdecoders.switching.core import light_head

@@ -14,8 +14,9 @@ from safetensors.torch import save_file
 import fastdecoders
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import get_latent_space, to_01
+from fastdecoders.models import build_decoder
 from fastdecoders.models.taehv import ALIASES, PUBLISHED, TAEHVDecoder, config_from_state_dict
-from fastdecoders.registry import build_decoder, get_spec
+from fastdecoders.registry import get_spec
 
 ATOL = 1e-5
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,7 +14,7 @@ import torch
 
 import fastdecoders
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.registry import build_decoder
+from fastdecoders.models import build_decoder
 from fastdecoders.video import stream_frames, write_stream
 
 pytestmark = pytest.mark.usefixtures("one_thread")

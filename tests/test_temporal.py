@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models import build_decoder
 from fastdecoders.models.tae import TAEDecoder
 from fastdecoders.models.temporal import TemporalTAEConfig, TemporalTAEDecoder
-from fastdecoders.registry import build_decoder, get_spec
+from fastdecoders.registry import get_spec
 
 TINY = get_spec("tae-temporal-svd").tiny
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.registry import build_decoder, get_spec
+from fastdecoders.models import build_decoder
+from fastdecoders.registry import get_spec
 from fastdecoders.train.config import LossConfig
 from fastdecoders.train.data import Batch
 from fastdecoders.train.features import ChannelProjection, FeatureAlignment

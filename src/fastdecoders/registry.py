@@ -1,6 +1,8 @@
 """The registry of named decoders. A named decoder is data: architecture + config + latent space + weights source.
 
-Each model file registers its own variants at its bottom; this module knows nothing model-specific.
+Each model file registers its own variants at its bottom (``fastdecoders.models`` imports them all, and importing
+``fastdecoders`` imports ``fastdecoders.models``); this module is a leaf that knows nothing model-specific. Building a
+decoder from a spec is ``fastdecoders.models.build_decoder``.
 """
 
 from __future__ import annotations
@@ -48,17 +50,11 @@ def register(spec: DecoderSpec) -> DecoderSpec:
     return spec
 
 
-def _populate() -> None:
-    import fastdecoders.models  # noqa: F401  (model files register their variants on import)
-
-
 def list_decoders() -> list[str]:
-    _populate()
     return list(_REGISTRY)
 
 
 def get_spec(name: str) -> DecoderSpec:
-    _populate()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -66,7 +62,6 @@ def get_spec(name: str) -> DecoderSpec:
 
 
 def is_registered(name: str) -> bool:
-    _populate()
     return name in _REGISTRY
 
 
@@ -74,15 +69,3 @@ def unknown_name_message(name: str) -> str:
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     return f"{name!r} is not a registered decoder nor an existing path; {hint}known decoders: {', '.join(_REGISTRY)}"
-
-
-def build_decoder(name_or_spec: str | DecoderSpec, tiny: bool = False, config: Any = None):
-    """A randomly initialised decoder of a registered name (its tiny test config with ``tiny=True``)."""
-    from fastdecoders.models import ARCHITECTURES
-
-    spec = name_or_spec if isinstance(name_or_spec, DecoderSpec) else get_spec(name_or_spec)
-    cls = ARCHITECTURES[spec.arch]
-    decoder = cls(config if config is not None else (spec.tiny if tiny else spec.config))
-    decoder.latent_space_name = spec.latents
-    decoder.registry_name = spec.name
-    return decoder

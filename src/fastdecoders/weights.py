@@ -18,11 +18,19 @@ from safetensors.torch import save_file
 
 from fastdecoders.errors import FastDecodersError, require_finite
 from fastdecoders.io import atomic_dir, atomic_path, atomic_write_text, check_declared_size, load_pickle, readable_file
-from fastdecoders.models import ARCHITECTURES, Decoder, TAEConfig, TAEDecoder, TAEEncoder, TAEEncoderConfig
+from fastdecoders.models import (
+    ARCHITECTURES,
+    Decoder,
+    TAEConfig,
+    TAEDecoder,
+    TAEEncoder,
+    TAEEncoderConfig,
+    build_decoder,
+)
 from fastdecoders.models.base import config_from_dict
 from fastdecoders.models.taehv import TAEHVDecoder, is_taehv_state_dict
 from fastdecoders.models.taehv import config_from_state_dict as taehv_config_from_state_dict
-from fastdecoders.registry import DecoderSpec, build_decoder, get_spec, is_registered, unknown_name_message
+from fastdecoders.registry import DecoderSpec, get_spec, is_registered, unknown_name_message
 
 WEIGHTS_ENV = "FASTDECODERS_WEIGHTS"
 METADATA_KEY = "fastdecoders"

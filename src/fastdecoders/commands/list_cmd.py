@@ -6,7 +6,8 @@ import argparse
 
 from fastdecoders.commands import add_weights_dir, format_table
 from fastdecoders.latents import LATENT_SPACES
-from fastdecoders.registry import build_decoder, get_spec, list_decoders
+from fastdecoders.models import build_decoder
+from fastdecoders.registry import get_spec, list_decoders
 from fastdecoders.weights import weights_status
 
 

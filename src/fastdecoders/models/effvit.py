@@ -26,6 +26,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.base import Decoder
 from fastdecoders.models.layers import SpatialOps, conv3x3, module_ops, receptive_radius, sequence_ops
+from fastdecoders.registry import DecoderSpec, register
 
 NORMS = ("bn", "rms", "ln")
 ACTS = {"relu": nn.ReLU, "silu": nn.SiLU}
@@ -275,8 +276,6 @@ class EffViTDecoder(Decoder):
 
 
 def _register_variants() -> None:
-    from fastdecoders.registry import DecoderSpec, register
-
     tiny = {"widths": (8, 8, 8, 16, 16, 16), "attention_head_dim": 8, "mlp_ratio": 2.0}
     register(DecoderSpec(
         "effvit-sdxl", "effvit", EffViTConfig(), "sdxl",

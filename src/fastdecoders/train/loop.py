@@ -168,8 +168,9 @@ def build_student(cfg: StudentConfig, weights_dir: str | None, latents: str | No
     """The student: the registered architecture (tiny or full, with config overrides), then ``init`` weights.
     Without ``name``, the student is the ``init`` decoder itself (its own architecture and config, e.g. a pruned
     decoder)."""
+    from fastdecoders.models import build_decoder
     from fastdecoders.models.base import config_from_dict, config_to_dict
-    from fastdecoders.registry import build_decoder, get_spec
+    from fastdecoders.registry import get_spec
     from fastdecoders.weights import load_decoder, load_strict
 
     if cfg.name is None:
