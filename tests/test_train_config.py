@@ -127,7 +127,7 @@ def test_set_overrides_are_typed_and_checked(tmp_path):
 
 
 def test_cli_reports_a_config_error_as_one_line_and_exit_2(tmp_path, capsys):
-    assert VERBS["train"][0] == "fastdecoders.train.cli"
+    assert VERBS["train"][0] == "fastdecoders.commands.train_cmd"
     values = base(str(tmp_path / "missing"))
     import yaml
 

@@ -25,7 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "bench": ("fastdecoders.bench.cli", "latency and memory against the decoder being replaced"),
     "export": ("fastdecoders.commands.export_cmd", "export a decoder to ONNX, verified against PyTorch on the spot"),
     "eval": ("fastdecoders.eval.cli", "quality on real images/videos: PSNR, SSIM, LPIPS, FID, flicker"),
-    "train": ("fastdecoders.train.cli", "distil a student decoder from a teacher (YAML config)"),
+    "train": ("fastdecoders.commands.train_cmd", "distil a student decoder from a teacher (YAML config)"),
     "prune": ("fastdecoders.prune.cli", "independence-aware channel pruning of an existing decoder"),
     "switch": ("fastdecoders.commands.switch_cmd", "fit a light/heavy decoder switch (a gate routing each item)"),
     "preview": ("fastdecoders.previews.cli", "fit a linear latent->RGB preview for a VAE (preview fit)"),

@@ -16,25 +16,18 @@ before anything is loaded. Relative paths are resolved against the current direc
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastdecoders.errors import FastDecodersError
+from fastdecoders.config import apply_overrides, from_dict, read_yaml, to_dict, unknown_key
+from fastdecoders.config import fail as _fail
 
 PIXEL_KINDS = ("l1", "mse")
 PERCEPTUAL_NETS = ("auto", "lpips", "effnet")
 PRECISIONS = ("bf16", "fp32")
-
-
-def _fail(message: str) -> typing.NoReturn:
-    raise FastDecodersError(message)
 
 
 def _positive(section: str, **values: float | int | None) -> None:
@@ -261,7 +254,7 @@ class LossConfig:
                     if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                         _fail(f"{where}.{key}: expected a weight >= 0, got {value!r}")
                 else:
-                    _unknown_key(f"{where}.{key}", ["name", *PHASE_BOUNDS, *WEIGHTED_TERMS])
+                    unknown_key(f"{where}.{key}", ["name", *PHASE_BOUNDS, *WEIGHTED_TERMS])
         for i, phase in enumerate(self.phases):
             start = phase.get("start_step", spans[-1][1] if spans else 0)
             if "until_step" in phase:
@@ -411,18 +404,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON/YAML-ready: tuples become lists."""
-        return _plain(dataclasses.asdict(self))
+        return to_dict(self)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
-# -- building from plain data (YAML) with type checks --------------------------------------------------------------
+# -- building from plain data (YAML): fastdecoders.config does the type checks ----------------------------------
 
 SECTIONS: dict[str, type] = {
     "teacher": TeacherConfig,
@@ -434,151 +421,25 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _check_value(value: Any, tp: Any, key: str) -> Any:
-    """``value`` converted to ``tp`` where lossless (int -> float, list -> tuple), else one clear error."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _check_value(value, option, key)
-            except FastDecodersError as e:
-                errors.append(e)
-        _fail(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if tp is Any:
-        return value
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):  # .nan / .inf: every step would be NaN (an all-NaN model, exit 0)
-                _fail(f"{key}: expected a finite number, got {value!r}")
-            return float(value)
-        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string; the user means the number
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp in (str, bool):
-        if isinstance(value, tp):
-            return value
-    elif origin is list:
-        if isinstance(value, list):
-            return [_check_value(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    elif origin is tuple:
-        if isinstance(value, list | tuple) and len(value) == len(args):
-            return tuple(_check_value(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    elif origin is dict:
-        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-            return dict(value)
-    else:  # pragma: no cover - a field type this checker does not know is a programming error
-        raise TypeError(f"{key}: unsupported config field type {tp}")
-    _fail(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def _unknown_key(key: str, known: list[str]) -> typing.NoReturn:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    _fail(f"unknown config key {key!r}{hint}; expected one of {', '.join(known)}")
-
-
-def _build_section(cls: type, values: Any, section: str) -> Any:
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        _fail(f"{section}: expected a mapping of keys to values, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            _unknown_key(f"{section}.{key}", fields)
-        kwargs[key] = _check_value(value, hints[key], f"{section}.{key}")
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a required field left out
-        _fail(f"{section}: {e}")
-
-
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     """A validated ``TrainConfig`` from plain nested data (what YAML gives)."""
     if not isinstance(values, dict):
         _fail(f"{source}: expected a mapping with sections {', '.join(SECTIONS)}, got {type(values).__name__}")
     for key in values:
         if key not in SECTIONS:
-            _unknown_key(str(key), list(SECTIONS))
+            unknown_key(str(key), list(SECTIONS))
     if "teacher" not in values:
         _fail(f"{source}: the teacher section is required (teacher.encoder or teacher.vae)")
-    sections = {name: _build_section(cls, values.get(name), name) for name, cls in SECTIONS.items()}
+    sections = {name: from_dict(cls, values.get(name), name) for name, cls in SECTIONS.items()}
     if "data" not in values:
         _fail(f"{source}: the data section is required (data.images or data.videos)")
     return TrainConfig(**sections)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.steps=2000"`` -> (["train", "steps"], 2000); the value is read as YAML (``[a, b]``, ``null``,
-    ``1e-3``)."""
-    import yaml
-
-    if "=" not in text:
-        _fail(f"--set expects KEY=VALUE (e.g. train.steps=2000), got {text!r}")
-    key, raw = text.split("=", 1)
-    path = key.strip().split(".")
-    if len(path) != 2 or not all(path):
-        _fail(f"--set key must be SECTION.FIELD (e.g. train.steps), got {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw  # not YAML: take it as a plain string
-    return path, value
-
-
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A copy of the plain config data with ``--set`` overrides applied (types are checked when it is built)."""
-    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
-    for text in overrides:
-        (section, name), value = parse_override(text)
-        if section not in SECTIONS:
-            _unknown_key(section, list(SECTIONS))
-        fields = [f.name for f in dataclasses.fields(SECTIONS[section])]
-        if name not in fields:
-            _unknown_key(f"{section}.{name}", fields)
-        current = values.get(section)
-        values[section] = dict(current) if isinstance(current, dict) else {}
-        values[section][name] = value
-    return values
-
-
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    try:
-        import yaml
-    except ImportError:
-        _fail("training configs are YAML: pip install 'fastdecoders[train]' (pyyaml)")
-    path = Path(path)
-    if not path.is_file():
-        _fail(f"config file {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        _fail(f"{path} is not valid YAML ({str(e).splitlines()[0]})")
-    if values is not None and not isinstance(values, dict):
-        _fail(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}, got a {type(values).__name__}")
-    return {} if values is None else values
-
-
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config, apply ``--set`` overrides, check types and ranges: a ``TrainConfig`` or one clear error."""
-    values = apply_overrides(read_yaml(path), overrides or [])
-    return config_from_dict(values, str(path))
+    values = read_yaml(path, "config", f"sections {', '.join(SECTIONS)}")
+    return config_from_dict(apply_overrides(values, overrides or [], TrainConfig), str(path))
 
 
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
