@@ -16,6 +16,7 @@ the function turning one piece into RGB. Wrappers (runtime backends, tiled decod
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -65,8 +66,18 @@ class LatentDecoder(nn.Module):
     #: rank of the latents ``forward`` takes: 4 (N, C, h, w) or 5 (B, C, t, h, w). Reading an input file's shape
     #: (a 4-d clip without its batch axis) needs it; how to call the decoder never does (``decode_latents``).
     latent_ndim: ClassVar[int] = 4
-    #: whether frames of one clip depend on each other (temporal attention, causal video, video VAEs).
-    decodes_clips: ClassVar[bool] = False
+
+    @classmethod
+    def _forward_takes_num_frames(cls) -> bool:
+        """Whether ``forward`` takes frames + ``num_frames`` (SVD's convention); read once, here, by the decoder."""
+        if "_takes_num_frames" not in cls.__dict__:
+            cls._takes_num_frames = "num_frames" in inspect.signature(cls.forward).parameters
+        return cls.__dict__["_takes_num_frames"]
+
+    @property
+    def decodes_clips(self) -> bool:
+        """Whether frames of one clip depend on each other (temporal attention, causal video, video VAEs)."""
+        return self.latent_ndim == 5 or self._forward_takes_num_frames()
 
     @property
     def receptive_field(self) -> int | None:
@@ -79,20 +90,39 @@ class LatentDecoder(nn.Module):
     def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         """Diffusion-space frames (N, C, h, w) or NCTHW clips (B, C, t, h, w) -> RGB in [-1, 1] of the same layout.
 
-        Image decoders: frame by frame (``num_frames`` does not matter).
+        Converts between the two forms and whichever ``forward`` takes (NCTHW clips, frames + ``num_frames``, or
+        frames one by one: an image decoder decodes clips frame by frame).
         """
-        if latents.ndim == 5 and self.latent_ndim == 4:
+        if self.latent_ndim == 5:  # forward takes clips
+            if latents.ndim == 4:
+                return video_to_frames(self(frames_to_video(latents, num_frames or latents.shape[0])))
+            return self(latents)
+        if self._forward_takes_num_frames():  # forward takes frames + num_frames
+            if latents.ndim == 5:
+                t = latents.shape[2]
+                return frames_to_video(self(video_to_frames(latents), num_frames=t), t)
+            return self(latents, num_frames=num_frames)
+        if latents.ndim == 5:  # an image decoder: frame by frame
             return frames_to_video(self(video_to_frames(latents)), latents.shape[2])
         return self(latents)
 
     def tile_job(self, latents: torch.Tensor, num_frames: int | None = None) -> TileJob:
-        """The tiling hook: ``latents`` as ``decode_latents`` takes them -> the ``TileJob`` the tiler cuts up."""
+        """The tiling hook: ``latents`` as ``decode_latents`` takes them -> the ``TileJob`` the tiler cuts up.
+
+        Default: ``forward`` is spatially local or its receptive field is None (blended tiles); batch chunks hold
+        whole clips where frames of a clip are decoded together.
+        """
         radius = self.receptive_field
         note = "" if radius is not None else f"{type(self).__name__} has no bounded receptive field"
+        if self.latent_ndim == 4 and self.decodes_clips:  # frames + num_frames (SVD-style)
+            return frames_job(self, latents, num_frames, note)
         if latents.ndim == 5 and self.latent_ndim == 4:  # clips for a frame-wise decoder: tile its frames
             t = latents.shape[2]
             frames = video_to_frames(latents)
             return TileJob("image", frames, self, radius, note=note, finish=lambda out: frames_to_video(out, t))
+        if latents.ndim == 4 and self.latent_ndim == 5:  # frames of clips for a clip decoder
+            clips = frames_to_video(latents, num_frames or latents.shape[0])
+            return TileJob("image", clips, self, radius, note=note, finish=video_to_frames)
         return TileJob("image", latents, self, radius, note=note)
 
     def decode(self, latents: torch.Tensor, return_dict: bool = True, **kwargs: Any) -> DecoderOutput | tuple:
@@ -113,9 +143,9 @@ def frames_job(decoder: LatentDecoder, latents: torch.Tensor, num_frames: int | 
                    finish=finish)  # fmt: skip
 
 
-def call_kind(decoder: nn.Module) -> str:
+def call_kind(decoder: LatentDecoder) -> str:
     """A decoder's kind, for reports and export metadata only (never to choose how to call it: ``decode_latents``):
     ``"video"`` (``forward`` takes NCTHW clips), ``"temporal"`` (frames of a clip decoded together) or ``"image"``."""
-    if getattr(decoder, "latent_ndim", 4) == 5:
+    if decoder.latent_ndim == 5:
         return "video"
-    return "temporal" if getattr(decoder, "decodes_clips", False) else "image"
+    return "temporal" if decoder.decodes_clips else "image"

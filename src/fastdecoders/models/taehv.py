@@ -272,7 +272,6 @@ class TAEHVDecoder(Decoder):
     arch = "taehv"
     config_class = TAEHVConfig
     latent_ndim = 5
-    decodes_clips = True
 
     def __init__(self, config: TAEHVConfig):
         super().__init__(config)
@@ -341,13 +340,6 @@ class TAEHVDecoder(Decoder):
         gate = FrameGate(self, latents.shape[2])
         raw = self.decoder.run(latents.transpose(1, 2), self.decoder.initial_state())
         return gate.keep(raw).transpose(1, 2)
-
-    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
-        """NCTHW clips as ``forward``; frames (B·t, C, h, w) are regrouped into clips of ``num_frames`` latent
-        frames (None: one clip) and the decoded pixel frames returned flat, (B·T, 3, H, W)."""
-        if latents.ndim == 4:
-            return video_to_frames(self(frames_to_video(latents, num_frames or latents.shape[0])))
-        return self(latents)
 
     def tile_job(self, latents: torch.Tensor, num_frames: int | None = None) -> TileJob:
         """Causal in time: the tiler pushes chunks of latent frames through ``stream`` (and may tile each spatially)."""

@@ -22,9 +22,7 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.latents import frames_to_video, video_to_frames
 from fastdecoders.models.base import Decoder
-from fastdecoders.models.protocol import TileJob, frames_job
 from fastdecoders.registry import DecoderSpec, register
 
 SUPPORTED = ("AutoencoderKL", "AutoencoderKLTemporalDecoder", "AutoencoderKLWan", "AutoencoderKLLTXVideo",
@@ -111,7 +109,6 @@ class DiffusersVAEDecoder(Decoder):
         self.vae = vae
         # NCTHW video VAEs: an instance attribute shadows the class default of 4
         self.latent_ndim = 5 if config.vae_class in VIDEO else 4
-        self.decodes_clips = config.vae_class in VIDEO or config.vae_class == "AutoencoderKLTemporalDecoder"
         if config.swaps:
             from fastdecoders.prune.ops import apply_swaps
 
@@ -146,6 +143,12 @@ class DiffusersVAEDecoder(Decoder):
         decoder.registry_name = None
         return decoder.eval()
 
+    @property
+    def decodes_clips(self) -> bool:
+        """Video VAEs and SVD's decode a clip's frames together; image VAEs (whose ``forward`` ignores
+        ``num_frames``) decode frame by frame (``fastdecoders.models.protocol``)."""
+        return self.config.vae_class in VIDEO or self.config.vae_class == "AutoencoderKLTemporalDecoder"
+
     def raw_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Diffusion-space latents -> what ``vae.decode`` takes."""
         from fastdecoders.latents import get_latent_space
@@ -172,20 +175,6 @@ class DiffusersVAEDecoder(Decoder):
         if self.config.vae_class == "AutoencoderKLTemporalDecoder":
             return self.vae.decode(raw, num_frames=num_frames or latents.shape[0]).sample
         return self.vae.decode(raw).sample
-
-    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
-        """The protocol (``fastdecoders.models.protocol``): frames + ``num_frames`` or NCTHW clips, whichever this
-        VAE's ``forward`` takes, converted from the other."""
-        if self.latent_ndim == 5 and latents.ndim == 4:  # frames of clips of a video VAE
-            return video_to_frames(self(frames_to_video(latents, num_frames or latents.shape[0])))
-        if self.decodes_clips and latents.ndim == 4:  # SVD: frames + num_frames
-            return self(latents, num_frames=num_frames)
-        return super().decode_latents(latents, num_frames)  # image VAEs; NCTHW clips of video VAEs as they are
-
-    def tile_job(self, latents: torch.Tensor, num_frames: int | None = None) -> TileJob:
-        if self.latent_ndim == 4 and self.decodes_clips:  # SVD: batch chunks hold whole clips
-            return frames_job(self, latents, num_frames, note=f"{type(self).__name__} has no bounded receptive field")
-        return super().tile_job(latents, num_frames)
 
 
 # -- real weights -----------------------------------------------------------------------------------------------------
@@ -218,7 +207,7 @@ def vae_from_folder(class_name: str, folder: Path) -> nn.Module:
     keys and initialises missing ones at random). Sharded folders (``*.safetensors.index.json``) are read too."""
     import diffusers
 
-    from fastdecoders.weights import load_strict, read_state_dict
+    from fastdecoders.models.fileformat import load_strict, read_state_dict
 
     cls = getattr(diffusers, class_name)
     index = folder / f"{WEIGHT_FILES[0]}.index.json"

@@ -99,7 +99,6 @@ class TemporalTAEDecoder(Decoder):
 
     arch = "tae-temporal"
     config_class = TemporalTAEConfig
-    decodes_clips = True
 
     def __init__(self, config: TemporalTAEConfig):
         super().__init__(config)
@@ -135,12 +134,6 @@ class TemporalTAEDecoder(Decoder):
                 x = self.temporal(x, num_frames)
             x = getattr(self, str(index))(x)
         return x.mul(2).sub(1)  # the TAE layers emit [0, 1]; diffusers' convention is [-1, 1]
-
-    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
-        """Frames (B·T, C, h, w) + ``num_frames`` as ``forward``; NCTHW clips are flattened to their frames."""
-        if latents.ndim == 5:
-            return frames_to_video(self(video_to_frames(latents), num_frames=latents.shape[2]), latents.shape[2])
-        return self(latents, num_frames=num_frames)
 
     def tile_job(self, latents: torch.Tensor, num_frames: int | None = None) -> TileJob:
         """Frames mix once at latent size (``temporal_features``); the frame-wise rest (``render_frames``) is tiled."""
