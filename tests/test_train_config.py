@@ -10,7 +10,7 @@ import pytest
 from fastdecoders.cli import VERBS, main
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.train.config import config_from_dict, load_config, resolve_paths
-from fastdecoders.train.loop import check_setup
+from fastdecoders.train.student import check_setup
 
 REPO = Path(__file__).resolve().parents[1]
 #: configs/ holds training presets; flash-vaed* are ``fastdecoders prune`` recipes with their own schema.

@@ -14,8 +14,8 @@ from fastdecoders.registry import get_spec
 from fastdecoders.train.config import LossConfig
 from fastdecoders.train.data import Batch
 from fastdecoders.train.features import ChannelProjection, FeatureAlignment
-from fastdecoders.train.loop import run_student
 from fastdecoders.train.losses import Objective, PatchDiscriminator, adversarial_weight, temporal_loss
+from fastdecoders.train.student import run_student
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -103,3 +103,49 @@ def latest_checkpoint(out: Path) -> tuple[Path, dict[str, Any]] | None:
         except FastDecodersError:
             continue
     return None
+
+
+#: config fields that may change when a run is resumed (budgets and logging); anything else is an error.
+RESUMABLE_CHANGES = ("train.steps", "train.max_minutes", "train.compile", "train.device", "data.cache_dir",
+                     "data.on_device", "log.")  # fmt: skip
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def find_resume(config: dict[str, Any], out: Path, resume: bool | str | None) -> tuple[Path, dict] | None:
+    """The checkpoint to continue from (path, contents), or None for a fresh run; one clear error for a clash.
+    ``config``: the run's resolved config as plain data; ``resume``: True, a checkpoint path, "auto" or None."""
+    existing = list_checkpoints(out)
+    if not resume:
+        if existing:
+            raise FastDecodersError(
+                f"{out} already holds a run ({existing[-1][1].name}); pass --resume to continue it, or another --out"
+            )
+        return None
+    if isinstance(resume, str) and resume != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise FastDecodersError(f"--resume {resume}: no such checkpoint file")
+        found = (path, load_checkpoint(path))
+    else:
+        found = latest_checkpoint(out)
+        if found is None:
+            if resume == "auto":
+                return None
+            raise FastDecodersError(f"--resume: {out}/checkpoints holds no readable checkpoint")
+    changed = [k for k in _diff_keys(found[1]["config"], config) if not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise FastDecodersError(
+            f"--resume: the config differs from the checkpoint's in {', '.join(changed)}; "
+            f"only {', '.join(RESUMABLE_CHANGES)} may change"
+        )
+    return found

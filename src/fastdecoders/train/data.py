@@ -30,6 +30,7 @@ from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
+    atomic_write_text,
     crop_to_multiple,
     list_images,
     read_image,
@@ -37,7 +38,8 @@ from fastdecoders.io import (
 )
 from fastdecoders.latents import LatentSpace, to_01
 from fastdecoders.shards import Shard, list_shards, read_shard, write_shard
-from fastdecoders.train.config import DataConfig
+from fastdecoders.train.config import DataConfig, TrainConfig
+from fastdecoders.train.distributed import Dist, barrier
 
 CACHE_VERSION = 2  # 2: latents shards (fastdecoders.shards)
 
@@ -345,6 +347,45 @@ def load_shards(cfg: DataConfig, rank: int, world: int) -> tuple[Split, Split, d
                         "teacher_val": teacher_val, "skipped": skipped + skipped_val,
                         "seconds": time.perf_counter() - start, "reused": True}  # fmt: skip
 
+
+
+def prepare_data(cfg: TrainConfig, teacher, out: Path, d: Dist, kind: str) -> tuple[Split, Split, dict]:
+    """Build (process 0) or reuse the latent cache, then load both splits: (train, val, cache info).
+    With ``data.shards``: encode's shards, nothing to build, each process reads only its own share."""
+    import time
+
+    if cfg.data.shards:
+        return load_shards(cfg.data, d.rank, d.world)
+    train_sources, val_sources = split_sources(cfg.data, "image" if kind == "image" else "video")
+    sources = {"train": train_sources, "val": val_sources}
+    teacher_outputs = cfg.loss.uses("distill")
+    key = cache_key(cfg.data, teacher.fingerprint, sources, cfg.data.flips, teacher_outputs)
+    folder = Path(cfg.data.cache_dir or out / "cache") / key
+    done = folder / "index.json"
+    start, reused = time.perf_counter(), done.is_file()
+    if d.main and not reused:
+        build_cache(folder, sources, cfg.data, teacher, cfg.data.flips, teacher_outputs)
+    barrier(d)
+    train, skipped_train, _ = load_split(folder, "train")
+    val, skipped_val, metrics = load_split(folder, "val")
+    if not len(train) or not len(val):
+        raise FastDecodersError(
+            f"data: no usable {'training' if not len(train) else 'validation'} items "
+            f"(all smaller than data.crop={cfg.data.crop} / data.val_size={cfg.data.val_size}?)"
+        )
+    teacher_val = None
+    if metrics:
+        teacher_val = {"psnr": mean([mean(m[0]) for m in metrics]), "ssim": mean([mean(m[1]) for m in metrics])}
+    seconds = time.perf_counter() - start
+    if d.main and not reused:
+        index = {"key": key, "train": len(train), "val": len(val), "teacher": teacher.description,
+                 "teacher_val": teacher_val, "skipped": skipped_train + skipped_val, "seconds": seconds}  # fmt: skip
+        atomic_write_text(done, json.dumps(index, indent=2))
+    if reused:
+        seconds = json.loads(done.read_text()).get("seconds", 0.0)
+    info = {"folder": str(folder), "train_items": len(train), "val_items": len(val), "teacher_val": teacher_val,
+            "skipped": skipped_train + skipped_val, "seconds": seconds, "reused": reused}  # fmt: skip
+    return train, val, info
 
 # -- batches --------------------------------------------------------------------------------------------------------
 

@@ -20,7 +20,11 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.latents import LatentSpace
+from fastdecoders.train.config import TrainConfig
 from fastdecoders.train.losses import distance
+from fastdecoders.train.student import run_student
+from fastdecoders.train.teachers import Teacher
 
 
 class ChannelProjection(nn.Module):
@@ -137,3 +141,31 @@ class FeatureAlignment(nn.Module):
         for proj, s, t in zip(self.projections, self.student.take(), self.teacher.take(), strict=True):
             terms.append(distance(proj(s), t.detach(), self.kind))
         return torch.stack(terms).mean()
+
+
+def teacher_forward(teacher: Teacher, latents: torch.Tensor) -> None:
+    """Run the teacher decoder on a batch's latents (for its feature hooks): images (B, C, h, w) as one batch, clips
+    (B, t, C, h, w) one by one ((t, C, h, w) each, the teacher's own clip layout). No gradients; output dropped."""
+    for part in [latents] if latents.ndim == 4 else latents:
+        teacher.decode_live(part)
+
+
+def setup_alignment(cfg: TrainConfig, student: nn.Module, teacher: Teacher, space: LatentSpace, kind: str,
+                    device: torch.device) -> tuple[FeatureAlignment, list[str]]:  # fmt: skip
+    """Hooks on both decoders, checked and sized on one zero-latent crop: (FeatureAlignment, a line per pair)."""
+    if teacher.decoder_module is None:
+        raise FastDecodersError("loss.feature > 0: expected a teacher decoder, got none")
+    align = FeatureAlignment(cfg.loss.features, student, teacher.decoder_module, cfg.loss.feature_kind).to(device)
+    cells = cfg.data.crop // space.spatial_factor
+    if kind == "image":
+        z = torch.zeros(1, space.channels, cells, cells, device=device)
+    else:
+        z = torch.zeros(1, space.latent_frames(cfg.data.frames), space.channels, cells, cells, device=device)
+    was_training = student.training
+    student.eval()  # no BatchNorm statistics from the probe
+    try:
+        lines = align.probe(lambda: run_student(student, kind, z), lambda: teacher_forward(teacher, z),
+                            cfg.train.seed)  # fmt: skip
+    finally:
+        student.train(was_training)
+    return align.to(device), lines

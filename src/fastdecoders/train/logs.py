@@ -130,3 +130,26 @@ class RunLog:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
+
+
+class Running:
+    """Per-step values (loss terms, grad norm) summed on the device between log points: no sync per step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0) + value.detach().float()
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def loss_sum(self) -> float | None:
+        """The summed loss since the last log point (NaN/Inf if any step's was), or None."""
+        return float(self.sums["loss"]) if "loss" in self.sums else None
+
+    def means(self) -> dict[str, float]:
+        """Means since the last log point; starts a new window."""
+        values = {k: float(v) / self.counts[k] for k, v in self.sums.items()}
+        self.sums, self.counts = {}, {}
+        return values
