@@ -257,3 +257,11 @@ def test_encode_videos_then_decode_to_mp4_and_a_summary_line(capsys, tmp_path, t
     assert code == 0 and out.startswith("1 written, 0 already done")
     frames, _ = read_video(tmp_path / "out" / "clip.mp4")
     assert frames.shape == (8, 3, 64, 64)  # 8 frames encoded frame by frame (SVD latents), decoded back
+
+
+def test_encode_on_ray_without_ray_exits_2_with_one_line(capsys, tmp_path, kodak_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as without the [scale] extra
+    code, _, err = run_cli(capsys, "encode", "taesdxl_encoder", kodak_dir / "kodim01.png", "-o", tmp_path / "out",
+                           "--engine", "ray", "--workers", "2", "--no-progress")  # fmt: skip
+    assert code == 2 and "pip install 'fastdecoders[scale]'" in one_error_line(err)
+    assert not (tmp_path / "out").exists()  # nothing written

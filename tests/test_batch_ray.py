@@ -1,6 +1,7 @@
 """The Ray Data engine on a local Ray (num_cpus=2, 300 MB object store) that this module starts once and always
 shuts down: its files equal the embedded engine's bit for bit, and a decoder actor killed mid-job has its batch
-retried (every item exactly once). Each test is bounded by SIGALRM."""
+retried (every item exactly once); encode jobs likewise (same shards bit for bit, a corrupt photo recorded, a killed
+encoder actor's batch retried). Each test is bounded by SIGALRM."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from fastdecoders import build_decoder, save_decoder
+from fastdecoders.batch.encode import EncodeJob, run_encode_job
 from fastdecoders.batch.job import DecodeJob, run_decode_job
 from fastdecoders.batch.worker import DecoderArgs
 from fastdecoders.shards import Shard, write_shard
@@ -92,3 +94,35 @@ def test_a_killed_decoder_actor_has_its_batch_retried(ray_session, job_inputs, t
     assert len(ids) == len(set(ids)) == 40
     assert files(tmp_path / "ray") == expected
     assert not list((tmp_path / "ray").glob(".*"))
+
+
+def test_ray_encode_writes_the_embedded_shards_records_a_corrupt_photo_and_retries_a_killed_actor(
+    ray_session, tmp_path, taesd_weights_dir, kodak_dir
+):
+    import shutil
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(1, 6):
+        shutil.copy(kodak_dir / f"kodim0{i}.png", photos)
+    (photos / "kodim03.png").write_bytes(b"\x89PNG broken")  # a corrupt photo in the middle of a batch
+    common = {"inputs": (str(photos),), "encoder": "taesdxl_encoder", "weights_dir": str(taesd_weights_dir),
+              "size": 64, "shard_items": 3, "batch_size": 2, "pixels": True, "progress": False}  # fmt: skip
+    embedded = run_encode_job(EncodeJob(out=str(tmp_path / "embedded"), **common))
+    marker = tmp_path / "killed"
+    ray_job = EncodeJob(out=str(tmp_path / "ray"), engine="ray", workers=2, fault_exit_once=str(marker), **common)
+    summary = run_encode_job(ray_job)
+    assert marker.is_file()  # an encoder actor did exit mid-job (os._exit in its second batch)
+    for result in (embedded, summary):
+        assert (result["written"], result["failed"], result["shards"], result["exit_code"]) == (4, 1, 2, 1)
+    assert (summary["engine"], summary["workers"]) == ("ray", 2)
+    shards = sorted(p.name for p in (tmp_path / "embedded").glob("shard-*.safetensors"))
+    assert shards == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    for name in shards:  # the same encoder calls: the same latents, pixels and header, byte for byte
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "embedded" / name).read_bytes()
+    rows = [json.loads(line) for line in (tmp_path / "ray" / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == [f"kodim0{i}" for i in range(1, 6)]  # each item once
+    broken = next(r for r in rows if r["id"] == "kodim03")
+    assert broken["status"] == "failed" and "kodim03.png" in broken["error"] and broken.get("shard") is None
+    assert not list((tmp_path / "ray").glob(".*"))
+    assert run_encode_job(ray_job)["skipped"] == 5  # resumed: both shards are there, nothing is redone

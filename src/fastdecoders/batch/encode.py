@@ -1,26 +1,33 @@
 """An encode job: folders/globs of photos or videos -> latents shards (``fastdecoders.shards``) + a manifest.
 
 Sources are sorted and cut into fixed chunks of ``shard_items``; chunk k becomes ``OUT/shard-k.safetensors``,
-written atomically once all its items are encoded, so a shard on disk is complete and a rerun skips it (resume).
-Items that fail (an unreadable file, a video too short) are recorded in the manifest and left out of their shard.
-Pictures are read and resized on background threads while the encoder runs. With ``pixels`` the shards also hold
-the pictures (uint8), which makes them a training latent cache (``fastdecoders.train.data.read_split``).
+written atomically by the driver once all its units (batches, see ``encoding``) are encoded, so a shard on disk is
+complete and a rerun skips it (resume). Items that fail (an unreadable file, a video too short) are recorded in the
+manifest and left out of their shard. Two engines encode the units: ``embedded`` (pictures read and resized on
+background threads while the encoder runs in this process) and ``ray`` (``ray_encode``: a Ray Data pipeline with an
+actor pool of encoders). With ``pixels`` the shards also hold the pictures (uint8), which makes them a training
+latent cache (``fastdecoders.train.data.read_split``).
+
+Exit codes as for decode jobs (``batch.job``): 0 all done, 1 some items failed (see the manifest), 2 bad invocation.
 """
 
 from __future__ import annotations
 
-import glob
 import time
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from fastdecoders.batch.encoding import Encoded, EncodeUnit, encode_loaded, list_sources, load_source, make_units
 from fastdecoders.batch.manifest import Manifest
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, center_crop_resize, crop_to_multiple, read_image, read_video
 from fastdecoders.shards import Shard, read_header, write_shard
+
+ENGINES = ("embedded", "ray")
 
 
 @dataclass(frozen=True)
@@ -46,124 +53,161 @@ class EncodeJob:
     manifest: str | None = None
     resume: bool | None = None
     progress: bool = True
+    engine: str = "embedded"
+    #: Ray: cluster address (None: a local Ray started and stopped by the job), encoder actors and their resources.
+    address: str | None = None
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    #: local Ray only: CPUs and object store size of the cluster the job starts.
+    num_cpus: int | None = None
+    object_store_mb: int = 300
+    #: embedded engine: units whose pictures are read ahead of the encoder.
+    prefetch: int = 3
+    #: fault injection for tests: a marker file; the first Ray actor to start its second batch while the file is
+    #: missing creates it and dies (its batch must be retried).
+    fault_exit_once: str | None = None
+
+    def check(self) -> None:
+        if self.shard_items < 1 or self.batch_size < 1 or self.workers < 1:
+            raise FastDecodersError(f"--shard-items, --batch-size and --workers: expected >= 1, got "
+                                    f"{self.shard_items}, {self.batch_size}, {self.workers}")  # fmt: skip
+        if self.engine not in ENGINES:
+            raise FastDecodersError(f"--engine: expected one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+            raise FastDecodersError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
 
 
-@dataclass(frozen=True)
-class Source:
-    path: Path
-    id: str
-    kind: str  # image | video
+def teacher_config(job: EncodeJob):
+    """The ``TeacherConfig`` that loads ``job``'s encoder (picklable: Ray ships it to the actors)."""
+    from fastdecoders.train.config import TeacherConfig
+    from fastdecoders.weights import TAE_ENCODERS
 
-
-def list_sources(inputs: tuple[str, ...]) -> list[Source]:
-    """Images and videos from folders (recursively) and globs; ids are paths below the folder (or the glob's
-    fixed part) without suffix. One error for an input that matches nothing."""
-    sources = []
-    for text in inputs:
-        root = Path(text)
-        if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file())
-        elif root.is_file():
-            files, root = [root], root.parent
-        else:
-            files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
-            root = Path(text.split("*")[0].split("?")[0].split("[")[0] or ".")
-            root = root if root.is_dir() else root.parent
-        files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
-        if not files:
-            raise FastDecodersError(f"{text}: expected images ({', '.join(IMAGE_SUFFIXES)}) or videos "
-                                    f"({', '.join(VIDEO_SUFFIXES)}), found none")  # fmt: skip
-        for p in files:
-            kind = "image" if p.suffix.lower() in IMAGE_SUFFIXES else "video"
-            sources.append(Source(p, p.relative_to(root).with_suffix("").as_posix(), kind))
-    ids = [s.id for s in sources]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise FastDecodersError(f"two inputs give the item id {dup!r}; give folders whose files differ in name")
-    return sources
-
-
-def _load(source: Source, job: EncodeJob, factor: int, frames: int) -> torch.Tensor:
-    """(3, H, W) or (T, 3, H, W) in [0, 1], sized for the encoder."""
-    if source.kind == "image":
-        pixels = read_image(source.path)
-    else:
-        pixels, _ = read_video(source.path, max_frames=frames)
-        if len(pixels) < frames:
-            raise FastDecodersError(f"{source.path} has {len(pixels)} frames; --frames asks for {frames}")
-    if job.size is not None:
-        flat = pixels.reshape(-1, *pixels.shape[-3:])
-        pixels = torch.stack([center_crop_resize(x, job.size, multiple=factor) for x in flat]).reshape(
-            *pixels.shape[:-2], *([job.size // factor * factor] * 2)
-        )
-    return crop_to_multiple(pixels, factor)
+    tae = job.encoder in TAE_ENCODERS
+    return TeacherConfig(encoder=job.encoder if tae else None, vae=None if tae else job.encoder,
+                         vae_subfolder=job.vae_subfolder, latents=job.latents, weights_dir=job.weights_dir)  # fmt: skip
 
 
 def run_encode_job(job: EncodeJob) -> dict:
-    """Run ``job``; returns the summary (items, written, skipped, failed, shards, seconds, items_per_s …)."""
+    """Run ``job``; returns the summary (items, written, skipped, failed, shards, seconds, items_per_s, engine,
+    workers, first_item_s …)."""
     from tqdm import tqdm
 
-    from fastdecoders.train.config import TeacherConfig
-    from fastdecoders.train.teachers import load_teacher
-    from fastdecoders.weights import TAE_ENCODERS
+    from fastdecoders.train.teachers import teacher_space
 
-    if job.shard_items < 1 or job.batch_size < 1:
-        raise FastDecodersError(f"--shard-items and --batch-size: expected >= 1, got {job.shard_items}, "
-                                f"{job.batch_size}")  # fmt: skip
+    job.check()
+    if job.engine == "ray":
+        from fastdecoders.batch.ray_engine import import_ray
+
+        import_ray()  # without the [scale] extra: one line, before anything is written
     started = time.perf_counter()
     out = Path(job.out)
     sources = list_sources(job.inputs)
-    tae = job.encoder in TAE_ENCODERS
-    cfg = TeacherConfig(encoder=job.encoder if tae else None, vae=None if tae else job.encoder,
-                        vae_subfolder=job.vae_subfolder, latents=job.latents, weights_dir=job.weights_dir)  # fmt: skip
+    cfg = teacher_config(job)
+    space = teacher_space(cfg)  # from the config alone: a bad encoder/latents pair fails before any work
+    frames = space.pixel_frames(space.latent_frames(job.frames)) if any(s.kind == "video" for s in sources) else 0
     manifest = Manifest(job.manifest or out / "manifest.jsonl")
     resume = manifest.path.is_file() if job.resume is None else job.resume
     chunks = [sources[i : i + job.shard_items] for i in range(0, len(sources), job.shard_items)]
     todo = [k for k in range(len(chunks)) if not (resume and _shard_done(out, k, chunks[k]))]
-    teacher = load_teacher(cfg, torch.device(job.device)) if todo else None
-    frames = 0
-    if teacher is not None and any(s.kind == "video" for s in sources):
-        frames = teacher.space.pixel_frames(teacher.space.latent_frames(job.frames))  # one error for a bad count
+    units = [u for k in todo for u in make_units(k, chunks[k], job.batch_size)]
     manifest.open()
-    bar = tqdm(total=sum(len(chunks[k]) for k in todo), desc="encode", unit="file",
+    bar = tqdm(total=sum(len(chunks[k]) for k in todo), desc=f"encode ({job.engine})", unit="file",
                disable=None if job.progress else True)  # fmt: skip
-    written = shards = 0
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fastdecoders-reader")
-    try:
-        factor = teacher.space.spatial_factor if teacher is not None else 8
-        load = lambda s: _load(s, job, factor, frames)  # noqa: E731
-        pending = {k: [pool.submit(load, s) for s in chunks[k]] for k in todo[:1]}
-        for n, k in enumerate(todo):
-            if n + 1 < len(todo):  # read the next chunk while this one is encoded
-                pending[todo[n + 1]] = [pool.submit(load, s) for s in chunks[todo[n + 1]]]
-            rows, items = _encode_chunk(chunks[k], pending.pop(k), teacher, job, out, k, bar)
-            if items:
-                shard = Shard.from_items([t for _, t in items], [s.id for s, _ in items],
-                                         latent_space=teacher.space.name, encoder=job.encoder,
-                                         decoder=job.decoder, items=[{"source": str(s.path)} for s, _ in items],
-                                         extra={"size": job.size})  # fmt: skip
-                write_shard(_shard_path(out, k), shard)
-                shards += 1
+    # per chunk still in work: its items' outcomes and how many of its units are still out
+    pending = {k: {"results": [None] * len(chunks[k]), "left": -(-len(chunks[k]) // job.batch_size)} for k in todo}
+    state = {"written": 0, "shards": 0, "first_item": None}
+
+    def finish(unit: EncodeUnit, results: list[Encoded]) -> None:
+        """A unit is encoded (called on the driver, one unit at a time): keep it; a complete chunk is written."""
+        if state["first_item"] is None:
+            state["first_item"] = time.perf_counter() - started
+        chunk = pending[unit.chunk]
+        chunk["results"][unit.start : unit.start + len(results)] = results
+        chunk["left"] -= 1
+        bar.update(len(results))
+        if chunk["left"] == 0:
+            outcomes = pending.pop(unit.chunk)["results"]
+            rows, written = _write_chunk(job, out, unit.chunk, chunks[unit.chunk], outcomes, space.name)
             manifest.append(rows)
-            written += sum(r["status"] == "ok" for r in rows)
+            state["written"] += written
+            state["shards"] += written > 0
+
+    try:
+        if units and job.engine == "ray":
+            from fastdecoders.batch.ray_encode import run_ray_encode
+
+            run_ray_encode(job, units, cfg, space.spatial_factor, frames, finish)
+        elif units:
+            _run_embedded(job, units, cfg, space.spatial_factor, frames, finish)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         manifest.close(compact=True)
     seconds = time.perf_counter() - started
     failed = sum(manifest.rows.get(s.id, {}).get("status") == "failed" for s in sources)
     done_before = sum(len(chunks[k]) for k in range(len(chunks)) if k not in todo)
-    return {"items": len(sources), "written": written, "skipped": done_before, "failed": failed, "shards": shards,
-            "seconds": round(seconds, 3), "items_per_s": round(written / seconds, 3) if seconds > 0 else None,
-            "engine": "embedded", "workers": 1, "out": str(out), "manifest": str(manifest.path),
-            "exit_code": 1 if failed else 0}  # fmt: skip
+    workers = job.workers if job.engine == "ray" else 1
+    return {"items": len(sources), "written": state["written"], "skipped": done_before, "failed": failed,
+            "shards": state["shards"], "seconds": round(seconds, 3),
+            "items_per_s": round(state["written"] / seconds, 3) if seconds > 0 else None,
+            "first_item_s": None if state["first_item"] is None else round(state["first_item"], 3),
+            "engine": job.engine, "workers": workers, "batch_size": job.batch_size, "out": str(out),
+            "manifest": str(manifest.path), "exit_code": 1 if failed else 0}  # fmt: skip
+
+
+def _run_embedded(job: EncodeJob, units: list[EncodeUnit], cfg, factor: int, frames: int,
+                  finish: Callable[[EncodeUnit, list[Encoded]], None]) -> None:  # fmt: skip
+    """The encoder on this thread; two reader threads load the next ``job.prefetch`` units' pictures meanwhile."""
+    from fastdecoders.train.teachers import load_teacher
+
+    teacher = load_teacher(cfg, torch.device(job.device))
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fastdecoders-reader")
+    ahead: deque = deque()
+    todo = iter(units)
+
+    def read_ahead() -> None:
+        unit = next(todo, None)
+        if unit is not None:
+            ahead.append((unit, [pool.submit(load_source, s, job.size, factor, frames) for s in unit.sources]))
+
+    try:
+        for _ in range(max(1, job.prefetch)):
+            read_ahead()
+        while ahead:
+            unit, futures = ahead.popleft()
+            read_ahead()
+            finish(unit, encode_loaded(teacher, [f.result() for f in futures], job.pixels))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_chunk(job: EncodeJob, out: Path, k: int, chunk: list, results: list[Encoded],
+                 space: str) -> tuple[list[dict], int]:  # fmt: skip
+    """Write chunk ``k``'s shard (its encoded items, in source order) atomically: (manifest rows, items written)."""
+    rows, items = [], []
+    shard = str(_shard_path(out, k))
+    for source, result in zip(chunk, results, strict=True):
+        row = {"id": source.id, "source": str(source.path)}
+        if result.error is not None:
+            rows.append({**row, "status": "failed", "error": result.error, "encoder": job.encoder, "seconds": 0.0})
+            continue
+        rows.append({**row, "shard": shard, "index": len(items), "output": shard, "status": "ok", "error": None,
+                     "encoder": job.encoder, "seconds": round(result.seconds, 6)})  # fmt: skip
+        items.append((source, result.tensors))
+    if items:
+        write_shard(_shard_path(out, k), Shard.from_items([t for _, t in items], [s.id for s, _ in items],
+                                                          latent_space=space, encoder=job.encoder,
+                                                          decoder=job.decoder,
+                                                          items=[{"source": str(s.path)} for s, _ in items],
+                                                          extra={"size": job.size}))  # fmt: skip
+    return rows, len(items)
 
 
 def _shard_path(out: Path, k: int) -> Path:
     return out / f"shard-{k:05d}.safetensors"
 
 
-def _shard_done(out: Path, k: int, chunk: list[Source]) -> bool:
+def _shard_done(out: Path, k: int, chunk: list) -> bool:
     """Chunk k's shard is there, readable, and holds only this chunk's items (a rerun with the same inputs)."""
     path = _shard_path(out, k)
     try:
@@ -171,39 +215,3 @@ def _shard_done(out: Path, k: int, chunk: list[Source]) -> bool:
     except FastDecodersError:
         return False
     return ids is not None and ids <= {s.id for s in chunk}
-
-
-def _encode_chunk(chunk: list[Source], futures: list, teacher, job: EncodeJob, out: Path, k: int, bar):
-    """Encode one chunk in batches of equal-shaped items: (manifest rows, [(source, tensors)] of the done ones)."""
-    rows, loaded = [], []
-    shard = str(_shard_path(out, k))
-    for source, future in zip(chunk, futures, strict=True):
-        try:
-            loaded.append((source, future.result()))
-        except FastDecodersError as e:
-            row = {"id": source.id, "source": str(source.path), "status": "failed", "error": str(e)}
-            rows.append({**row, "encoder": job.encoder, "seconds": 0.0})
-            bar.update(1)
-    items = []
-    i = 0
-    while i < len(loaded):
-        j = i + 1
-        while j < len(loaded) and j - i < job.batch_size and loaded[j][1].shape == loaded[i][1].shape:
-            j += 1
-        start = time.perf_counter()
-        batch = loaded[i:j]
-        if batch[0][1].ndim == 3:  # images: one encoder call for the batch
-            latents = list(teacher.encode(torch.stack([p for _, p in batch])))
-        else:  # clips: one call per clip ((T, 3, H, W) -> (t, C, h, w))
-            latents = [teacher.encode(p) for _, p in batch]
-        per_item = (time.perf_counter() - start) / len(batch)
-        for (source, pixels), z in zip(batch, latents, strict=True):
-            tensors = {"latents": z}
-            if job.pixels:
-                tensors["pixels"] = pixels.mul(255).round().to(torch.uint8)
-            row = {"id": source.id, "source": str(source.path), "shard": shard, "index": len(items), "output": shard}
-            rows.append({**row, "status": "ok", "error": None, "encoder": job.encoder, "seconds": round(per_item, 6)})
-            items.append((source, tensors))
-        bar.update(len(batch))
-        i = j
-    return rows, items

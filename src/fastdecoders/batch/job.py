@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from fastdecoders.batch.manifest import Manifest
@@ -70,7 +71,7 @@ class DecodeJob:
             raise FastDecodersError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
 
 
-def write_unit(unit: Unit, decoded: Decoded, fmt: str, quality: int, fps: float, decoder: str,
+def write_unit(unit: Unit, decoded: Decoded, decoder: str, fmt: str, quality: int, fps: float,
                png_level: int = 6) -> list[dict]:  # fmt: skip
     """Write the unit's items that need writing; their manifest rows (a failed write fails its item only)."""
     rows = []
@@ -135,19 +136,20 @@ def run_decode_job(job: DecodeJob) -> dict:
         state["decode"] += sum(row.get("decode_seconds", 0.0) for row in rows)
         bar.update(len(rows))
 
+    # picklable (Ray ships it to the write tasks): a module-level function with the job's output settings
+    write = partial(write_unit, fmt=job.fmt, quality=job.quality, fps=job.fps, png_level=job.png_level)
     run_started = time.perf_counter()
     try:
         if plan.units and job.engine == "ray":
             from fastdecoders.batch.ray_engine import run_ray
 
-            run_ray(job, plan.units, record)
+            run_ray(job, plan.units, write, record)
         elif plan.units:
             from fastdecoders.batch.embedded import run_embedded
 
             worker = DecodeWorker(job.decoder)
-            write = lambda unit, decoded: write_unit(unit, decoded, job.fmt, job.quality, job.fps,  # noqa: E731
-                                                     worker.name, job.png_level)  # fmt: skip
-            run_embedded(plan.units, worker, write, record, prefetch=job.prefetch, writers=job.writers)
+            run_embedded(plan.units, worker, partial(write, decoder=worker.name), record, prefetch=job.prefetch,
+                         writers=job.writers)  # fmt: skip
     finally:
         bar.close()
         manifest.close(compact=True)

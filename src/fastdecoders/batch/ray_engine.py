@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -74,21 +75,20 @@ class _DecodeActor:
         }
 
 
-def _write(batch: dict[str, np.ndarray], fmt: str, quality: int, fps: float, png_level: int) -> dict[str, list]:
-    from fastdecoders.batch.job import write_unit
-
+def _write(batch: dict[str, np.ndarray], write: Callable[[Unit, Decoded, str], list[dict]]) -> dict[str, list]:
     unit = Unit.from_row(json.loads(str(batch["unit"][0])))
     errors = json.loads(str(batch["errors"][0]))
     stacked = iter(from_bytes(batch["arrays"][0]) if batch["arrays"][0] else [])
     arrays = [next(stacked) if e is None else None for e in errors]
     decoded = Decoded(arrays, errors, float(batch["seconds"][0]))
-    rows = write_unit(unit, decoded, fmt, quality, fps, str(batch["decoder"][0]), png_level)
-    return {"rows": [json.dumps(rows)]}
+    return {"rows": [json.dumps(write(unit, decoded, str(batch["decoder"][0])))]}
 
 
-def run_ray(job, units: list[Unit], record: Callable[[list[dict]], None]) -> None:
-    """Run ``units`` of ``job`` (a ``DecodeJob``) on Ray; a local Ray is started (and stopped) when none is
-    running and no address is given."""
+@contextmanager
+def ray_cluster(job) -> Iterator:
+    """``ray`` connected to a cluster: the one already initialised in this process, the one at ``job.address``, or
+    a local one started here (``job.num_cpus`` CPUs, a ``job.object_store_mb`` object store) and stopped on exit.
+    Ray Data's own progress bars are off (the job's tqdm bar counts items)."""
     ray = import_ray()
     started = False
     if not ray.is_initialized():
@@ -100,29 +100,44 @@ def run_ray(job, units: list[Unit], record: Callable[[list[dict]], None]) -> Non
                      **common)  # fmt: skip
         started = True
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # the job's own tqdm bar counts items
+        ray.data.DataContext.get_current().enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        threads = max(1, int(job.cpus_per_worker)) if job.gpus_per_worker == 0 else None
-        args = DecoderArgs(**{**job.decoder.__dict__, "threads": threads,
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def io_pool(ray, workers: int):
+    """The task pool of the read and write stages. They reserve no CPU: the model actors may hold every CPU of the
+    cluster (2 workers x 1 CPU on 2 cores), and reserved CPUs would leave none to schedule them (a stall); their
+    pool is bounded instead."""
+    return ray.data.TaskPoolStrategy(size=max(2, workers))
+
+
+def actor_threads(job) -> int | None:
+    """Torch threads of a CPU actor: its CPUs (None on a GPU: torch's default)."""
+    return max(1, int(job.cpus_per_worker)) if job.gpus_per_worker == 0 else None
+
+
+def run_ray(job, units: list[Unit], write: Callable[[Unit, Decoded, str], list[dict]],
+            record: Callable[[list[dict]], None]) -> None:  # fmt: skip
+    """Run ``units`` of ``job`` (a ``DecodeJob``) on Ray (``ray_cluster``); ``write(unit, decoded, decoder name)``
+    runs in the write stage and returns the unit's manifest rows, which go to ``record`` on the driver."""
+    with ray_cluster(job) as ray:
+        args = DecoderArgs(**{**job.decoder.__dict__, "threads": actor_threads(job),
                               "device": "cuda" if job.gpus_per_worker > 0 else job.decoder.device})  # fmt: skip
         ds = ray.data.from_items([{"unit": json.dumps(u.as_row())} for u in units], override_num_blocks=len(units))
-        # read and write tasks reserve no CPU: the decoder actors may hold every CPU of the cluster (2 workers x 1 CPU
-        # on 2 cores), and reserved CPUs would leave none to schedule them (a stall); their pools are bounded instead
-        io_pool = ray.data.TaskPoolStrategy(size=max(2, job.workers))
-        ds = ds.map(_read, num_cpus=0, compute=io_pool)
+        pool = io_pool(ray, job.workers)
+        ds = ds.map(_read, num_cpus=0, compute=pool)
         # a fixed pool of decoder actors; Ray Data gives actors max_restarts=-1 and max_task_retries=-1 by default,
         # so a dead actor is replaced and its batch retried
         ds = ds.map_batches(_DecodeActor, batch_size=1, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=job.workers), num_cpus=job.cpus_per_worker,
                             num_gpus=job.gpus_per_worker or None,
                             fn_constructor_kwargs={"args": args, "fault_exit_once": job.fault_exit_once})  # fmt: skip
-        ds = ds.map_batches(_write, batch_size=1, batch_format="numpy", num_cpus=0, compute=io_pool,
-                            fn_kwargs={"fmt": job.fmt, "quality": job.quality, "fps": job.fps,
-                                       "png_level": job.png_level})  # fmt: skip
+        ds = ds.map_batches(_write, batch_size=1, batch_format="numpy", num_cpus=0, compute=pool,
+                            fn_kwargs={"write": write})  # fmt: skip
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
             for text in batch["rows"]:
                 record(json.loads(str(text)))
-    finally:
-        if started:
-            ray.shutdown()

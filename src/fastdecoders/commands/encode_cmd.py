@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from fastdecoders.batch.encode import EncodeJob, run_encode_job
+from fastdecoders.batch.encode import ENGINES, EncodeJob, run_encode_job
 from fastdecoders.commands import add_weights_dir
+from fastdecoders.commands.batch_args import add_ray_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_weights_dir(parser)
+    g = parser.add_argument_group("engine (see docs/scale.md)")
+    g.add_argument("--engine", choices=ENGINES, default="embedded", help="embedded (default: in-process, "
+                   "pictures read on background threads) or ray (Ray Data actor pool; pip install "
+                   "'fastdecoders[scale]')")  # fmt: skip
+    add_ray_arguments(g, "encoder")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -37,6 +43,8 @@ def run(args: argparse.Namespace) -> dict:
         vae_subfolder=args.vae_subfolder, weights_dir=args.weights_dir, device=args.device, size=args.size,
         frames=args.frames, shard_items=args.shard_items, batch_size=args.batch_size, pixels=args.pixels,
         decoder=args.decoder, manifest=args.manifest, resume=args.resume, progress=not args.no_progress,
+        engine=args.engine, address=args.address, workers=args.workers or 1, gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb,
     )  # fmt: skip
     return run_encode_job(job)
 
@@ -44,4 +52,5 @@ def run(args: argparse.Namespace) -> dict:
 def render(result: dict) -> str:
     failed = f", {result['failed']} failed (see {result['manifest']})" if result["failed"] else ""
     return (f"{result['written']} encoded into {result['shards']} shard(s), {result['skipped']} already done{failed}; "
-            f"{result['seconds']:.1f} s -> {result['out']}")  # fmt: skip
+            f"{result['seconds']:.1f} s (engine {result['engine']}, {result['workers']} worker(s)) -> "
+            f"{result['out']}")  # fmt: skip

@@ -1,7 +1,7 @@
-"""``fastdecoders decode`` over many shards (batch mode): the flags, when they apply, and the run.
+"""Batch-job flags shared by ``fastdecoders decode`` (many shards) and ``fastdecoders encode``, and decode's batch mode.
 
-Batch mode is on when the inputs are more than one file, a folder or a glob, or when a batch flag is given
-(``--engine``, ``--manifest``, ``--format`` …); one latents file without them keeps the single-file behaviour.
+Batch mode of ``decode`` is on when the inputs are more than one file, a folder or a glob, or when a batch flag is
+given (``--engine``, ``--manifest``, ``--format`` …); one latents file without them keeps the single-file behaviour.
 """
 
 from __future__ import annotations
@@ -32,14 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                    help="skip items the manifest records as done and whose files check out (default: on when the "
                    "manifest exists)")  # fmt: skip
-    g.add_argument("--workers", type=int, default=None, help="ray: decoder actors (default: 1)")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs per decoder actor (0: CPU)")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="ray: CPUs per decoder actor (its torch threads)")
-    g.add_argument("--address", default=None, help="ray: an existing cluster (default: start a local one)")
-    g.add_argument("--num-cpus", type=int, default=None, help="ray, local cluster: CPUs (default: all)")
-    g.add_argument("--object-store-mb", type=int, default=300, help="ray, local cluster: object store size")
+    add_ray_arguments(g, "decoder")
     g.add_argument("--writers", type=int, default=2, help="embedded: image-writing threads")
     g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def add_ray_arguments(group: argparse._ArgumentGroup, model: str) -> None:
+    """The Ray engine's flags (``model``: decoder or encoder, for the help texts)."""
+    group.add_argument("--workers", type=int, default=None, help=f"ray: {model} actors (default: 1)")
+    group.add_argument("--gpus-per-worker", type=float, default=0.0, help=f"ray: GPUs per {model} actor (0: CPU)")
+    group.add_argument("--cpus-per-worker", type=float, default=1.0,
+                       help=f"ray: CPUs per {model} actor (its torch threads)")  # fmt: skip
+    group.add_argument("--address", default=None, help="ray: an existing cluster (default: start a local one)")
+    group.add_argument("--num-cpus", type=int, default=None, help="ray, local cluster: CPUs (default: all)")
+    group.add_argument("--object-store-mb", type=int, default=300, help="ray, local cluster: object store size")
 
 
 def wants_batch(args: argparse.Namespace) -> bool:
