@@ -25,7 +25,7 @@ from fastdecoders.bench.timing import CpuPeak, summarize, time_fn
 from fastdecoders.cli import main
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models import build_decoder
-from fastdecoders.models.teachers import PUBLISHED, teacher_for
+from fastdecoders.models.diffusers_vae import PUBLISHED, teacher_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -159,7 +159,7 @@ def test_heads_of_the_lpips_package_load():
         path = lpips.find_heads(net_name)
         assert path is not None and path.name == f"{net_name}.pth"
         net = lpips.LPIPS(net_name)
-        from fastdecoders.weights import read_state_dict
+        from fastdecoders.models.fileformat import read_state_dict
 
         net.load_heads(read_state_dict(path)[0], str(path))
         assert [lin.weight.shape[1] for lin in net.lins] == list(widths)

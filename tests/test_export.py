@@ -27,9 +27,9 @@ from fastdecoders.export.stream import OnnxStreamingDecoder  # noqa: E402
 from fastdecoders.export.verify import FP32_TOLERANCE, verify  # noqa: E402
 from fastdecoders.fast import optimize  # noqa: E402
 from fastdecoders.models import build_decoder  # noqa: E402
+from fastdecoders.models.fileformat import save_decoder  # noqa: E402
 from fastdecoders.models.protocol import call_kind  # noqa: E402
 from fastdecoders.registry import get_spec, list_decoders  # noqa: E402
-from fastdecoders.weights import save_decoder  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import torch
 from cli_helpers import one_error_line, run_cli
 from safetensors.torch import load_file, save_file
 
-from fastdecoders.models.teachers import TINY, DiffusersVAEDecoder
+from fastdecoders.models.diffusers_vae import TINY, DiffusersVAEDecoder
 from fastdecoders.weights import load_decoder
 
 diffusers = pytest.importorskip("diffusers")

@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 
 from fastdecoders import build_decoder, save_decoder
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.fileformat import METADATA_KEY
 from fastdecoders.train.losses import Objective
-from fastdecoders.weights import METADATA_KEY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ import torch
 
 from fastdecoders import load_decoder, save_decoder
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.models.teachers import DiffusersVAEDecoder
+from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder
 from fastdecoders.prune import prune
 
 diffusers = pytest.importorskip("diffusers")

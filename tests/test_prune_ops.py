@@ -9,18 +9,16 @@ import torch
 from fastdecoders import load_decoder, save_decoder
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models import TAEConfig, TAEDecoder
-from fastdecoders.models.teachers import DiffusersVAEDecoder
-from fastdecoders.prune import prune
-from fastdecoders.prune.ops import (
+from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder
+from fastdecoders.models.video_ops import (
     CausalSepConv3d,
     FrameConv2d,
     SepConv3d,
-    decode_chunks,
     frame_from_dense,
-    profile_stages,
     separable_from_dense,
-    swap_operators,
 )
+from fastdecoders.prune import prune
+from fastdecoders.prune.ops import decode_chunks, profile_stages, swap_operators
 
 diffusers = pytest.importorskip("diffusers")
 

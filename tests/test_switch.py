@@ -15,11 +15,11 @@ import torch
 import fastdecoders
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models import build_decoder
+from fastdecoders.models.fileformat import save_decoder
 from fastdecoders.switching import PIPELINE_VAE, Gate, GateConfig, SwitchConfig, SwitchDecoder
 from fastdecoders.switching.calibrate import threshold_for_budget, threshold_for_floor, within_floor
 from fastdecoders.switching.core import light_head
 from fastdecoders.switching.fit import collect, fit_switch, spearman, train_gate
-from fastdecoders.weights import save_decoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

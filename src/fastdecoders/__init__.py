@@ -12,9 +12,10 @@ from fastdecoders.errors import FastDecodersError
 from fastdecoders.fast import optimize
 from fastdecoders.latents import LATENT_SPACES, LatentSpace, get_latent_space
 from fastdecoders.models import Decoder, DecoderOutput, build_decoder
+from fastdecoders.models.fileformat import save_decoder
 from fastdecoders.registry import DecoderSpec, get_spec, list_decoders, register
 from fastdecoders.tiling import TileReport, auto_tile, decode_tiled
-from fastdecoders.weights import load_decoder, load_encoder, save_decoder
+from fastdecoders.weights import load_decoder, load_encoder
 
 __version__ = "0.1.0"
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from fastdecoders.errors import FastDecodersError, require_finite
 
@@ -468,21 +470,29 @@ def load_pickle(path: Path, what: str) -> Any:
         raise FastDecodersError(f"{path} is not a readable {what} ({type(e).__name__}: {first})") from None
 
 
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, on CPU; an unreadable file is one line. Check its declared size
+    (``check_declared_size``) first."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FastDecodersError(f"{path} is not a readable safetensors file ({e})") from None
+
+
 def read_latents(path: str | os.PathLike) -> torch.Tensor:
     """The one tensor in a safetensors file (key ``latents`` preferred), or a ``.pt``/``.pth`` tensor file.
 
     Checked: the declared size fits memory (before reading), every value is a tensor, the latents are floating
     point and non-empty (finiteness and shape are ``LatentSpace.check_latents``' job).
     """
-    from fastdecoders.weights import read_state_dict
-
     path = readable_file(path, "latents file")
     check_declared_size(path, "latents file")
     if path.suffix in (".pt", ".pth"):
         obj = load_pickle(path, "latents file")
         tensors = {"latents": obj} if isinstance(obj, torch.Tensor) else obj
     else:
-        tensors, _ = read_state_dict(path, what="latents file")
+        tensors, _ = read_safetensors(path)
     if not isinstance(tensors, dict) or not tensors:
         raise FastDecodersError(f"{path} holds no tensors (got {type(tensors).__name__})")
     for key, value in tensors.items():
@@ -502,8 +512,6 @@ def read_latents(path: str | os.PathLike) -> torch.Tensor:
 
 
 def write_latents(latents: torch.Tensor, path: str | os.PathLike) -> Path:
-    from safetensors.torch import save_file
-
     with atomic_path(path) as tmp:
         save_file({"latents": latents.detach().contiguous().cpu()}, str(tmp))
     return Path(path)

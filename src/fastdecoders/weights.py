@@ -1,4 +1,5 @@
-"""Weights I/O: find, read, strictly load, save and convert decoder weights.
+"""Which weights a name means, and decoders of every kind loaded from them (the file format itself, reading and
+strict loading, is ``fastdecoders.models.fileformat``).
 
 ``load_decoder(x)`` accepts, in this order: a registry name (weights found on the search path or the hub), a local
 file or folder (our safetensors, an upstream TAESD ``.safetensors``/``.pth``, a diffusers ``AutoencoderTiny`` folder),
@@ -10,14 +11,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from fastdecoders.errors import FastDecodersError, require_finite
-from fastdecoders.io import atomic_dir, atomic_path, atomic_write_text, check_declared_size, load_pickle, readable_file
+from fastdecoders.errors import FastDecodersError
+from fastdecoders.io import atomic_dir
 from fastdecoders.models import (
     ARCHITECTURES,
     Decoder,
@@ -27,14 +25,20 @@ from fastdecoders.models import (
     TAEEncoderConfig,
     build_decoder,
 )
-from fastdecoders.models.base import config_from_dict
+from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder, load_diffusers_vae, vae_folder
+from fastdecoders.models.fileformat import (
+    METADATA_KEY,
+    check_finite_state,
+    decoder_from_header,
+    load_strict,
+    read_header,
+    read_state_dict,
+)
 from fastdecoders.models.taehv import TAEHVDecoder, is_taehv_state_dict
 from fastdecoders.models.taehv import config_from_state_dict as taehv_config_from_state_dict
 from fastdecoders.registry import DecoderSpec, get_spec, is_registered, unknown_name_message
 
 WEIGHTS_ENV = "FASTDECODERS_WEIGHTS"
-METADATA_KEY = "fastdecoders"
-FORMAT_VERSION = 1
 #: config.json key of a converted AutoencoderTiny folder naming its latent space (diffusers ignores "_" keys)
 TINY_LATENTS_KEY = "_fastdecoders_latents"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -74,54 +78,6 @@ def find_weights(stem: str, weights_dir: str | os.PathLike | None = None) -> Pat
 
 def _looked_in(stem: str, weights_dir) -> str:
     return ", ".join(str(d / f"{stem}{{{','.join(WEIGHT_SUFFIXES)}}}") for d in search_dirs(weights_dir))
-
-
-# -- reading ----------------------------------------------------------------------------------------------------------
-
-
-def read_state_dict(
-    path: str | os.PathLike, what: str = "weights file"
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict, safetensors metadata) of a ``.safetensors`` or pickled ``.pth``/``.pt`` file, on CPU.
-
-    ``what`` names the file in errors ("latents file" …). Its declared size is checked against memory first; pickles
-    are read with ``weights_only=True`` and refused in one line when they need code.
-    """
-    path = readable_file(path, what)
-    check_declared_size(path, what)
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-        except (SafetensorError, OSError, ValueError) as e:
-            raise FastDecodersError(f"{path} is not a readable safetensors file ({e})") from None
-    state = load_pickle(path, what)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FastDecodersError(f"{path} does not hold a flat state dict of tensors")
-    return dict(state), {}
-
-
-def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``module``; any missing, unexpected or mis-shaped key is one error naming it."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' …' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' …' if len(unexpected) > 5 else ''}")
-        raise FastDecodersError(f"{source} does not fit {type(module).__name__}: {'; '.join(parts)}")
-    for key, tensor in expected.items():
-        if state[key].shape != tensor.shape:
-            raise FastDecodersError(
-                f"{source}: key {key!r} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}"
-            )
-    # copy into the (float32) parameters: upstream files are bf16/fp16
-    module.load_state_dict(state, strict=True)
 
 
 # -- TAESD-format files ------------------------------------------------------------------------------------------------
@@ -246,60 +202,15 @@ def _tidy_tiny_config(path: Path, latents: str | None) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-# -- our format ---------------------------------------------------------------------------------------------------
-
-
-def save_decoder(decoder: Decoder, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> str:
-    """Save as ``.safetensors`` with arch, config and latent space in the metadata; a folder path gets
-    ``model.safetensors`` + ``config.json``. Written to a temp file, then renamed."""
-    path = Path(path)
-    header = {
-        "format": FORMAT_VERSION,
-        "arch": decoder.arch,
-        "config": decoder.config_dict(),
-        "latents": getattr(decoder, "latent_space_name", None),
-        "name": getattr(decoder, "registry_name", None),
-        **(extra or {}),
-    }
-    state = {k: v.detach().contiguous().cpu() for k, v in decoder.state_dict().items()}
-    check_finite_state(state, f"refusing to save {path}")
-    metadata = {METADATA_KEY: json.dumps(header)}
-    if path.suffix != ".safetensors":  # a folder
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path / "config.json", json.dumps(header, indent=2))
-        path = path / "model.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-    return str(path)
-
-
-def check_finite_state(state: dict[str, torch.Tensor], what: str) -> None:
-    """One error naming the first weight that holds NaN/Inf (a diverged run must not ship as a model file)."""
-    for key, tensor in state.items():
-        require_finite(tensor.detach(), f"{what}: weight {key!r}")
-
-
-def _decoder_from_header(header: dict[str, Any], source: str) -> Decoder:
-    arch = header.get("arch")
-    if arch not in ARCHITECTURES:
-        raise FastDecodersError(f"{source}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    cls = ARCHITECTURES[arch]
-    decoder = cls(config_from_dict(cls.config_class, header.get("config", {})))
-    decoder.latent_space_name = header.get("latents")
-    decoder.registry_name = header.get("name")
-    return decoder
-
-
 def _load_file(path: Path, weights_dir: str | os.PathLike | None = None) -> Decoder:
     state, metadata = read_state_dict(path)
-    if METADATA_KEY in metadata:
-        header = json.loads(metadata[METADATA_KEY])
+    header = read_header(metadata)
+    if header is not None:
         if header.get("arch") == "switch":  # a dynamic switch: a gate plus the names of its two decoders
             from fastdecoders.switching.file import load_switch
 
             return load_switch(path, header, state, weights_dir)
-        decoder = _decoder_from_header(header, str(path))
+        decoder = decoder_from_header(header, ARCHITECTURES, str(path))
     elif _is_upstream_tae(state):
         decoder = TAEDecoder(tae_config_from_state_dict(state))
         decoder.latent_space_name = _guess_space_from_channels(decoder.config)
@@ -338,8 +249,6 @@ def _load_path(path: Path, weights_dir: str | os.PathLike | None = None) -> Deco
     if path.is_dir():
         if (path / "model.safetensors").is_file():
             return _load_file(path / "model.safetensors", weights_dir)
-        from fastdecoders.models.teachers import load_diffusers_vae, vae_folder
-
         if vae_folder(path) is not None:  # an original diffusers VAE (a teacher) with its real weights
             return load_diffusers_vae(path)
         if (path / "config.json").is_file():
@@ -411,9 +320,7 @@ def _with_space(decoder: Decoder, latents: str | None, target: str) -> Decoder:
 
 def _load_registered(spec: DecoderSpec, weights_dir) -> Decoder:
     if spec.arch == "diffusers-vae":  # the original VAEs: a diffusers folder, not a weights file
-        from fastdecoders.models.teachers import load_published
-
-        return load_published(spec.name, weights_dir)
+        return _load_published_vae(spec.name, weights_dir)
     if not spec.has_weights:
         raise FastDecodersError(
             f"{spec.name} has no released weights; train it (fastdecoders train) and pass the model.safetensors it "
@@ -438,6 +345,34 @@ def _load_registered(spec: DecoderSpec, weights_dir) -> Decoder:
         return _load_hub(spec.hub_id, spec.name)
     except FastDecodersError as e:
         raise FastDecodersError(f"weights for {spec.name} not found: {looked}{e}") from None
+
+
+def _load_published_vae(name: str, weights_dir: str | os.PathLike | None = None) -> DiffusersVAEDecoder:
+    """Registered original VAE ``name`` (``diffusers-vae``) with its real weights: a folder ``<weights dir>/<name>``
+    (a diffusers VAE or pipeline folder) on the weights search path, else the ``vae/`` of its hub repo (one clear
+    line when offline)."""
+    spec = get_spec(name)
+    for folder in search_dirs(weights_dir):
+        if vae_folder(folder / name) is not None:
+            decoder = load_diffusers_vae(folder / name, spec.latents)
+            decoder.registry_name = name
+            return decoder
+    looked = ", ".join(str(d / name) for d in search_dirs(weights_dir))
+    if spec.hub_id is None:
+        raise FastDecodersError(f"weights for {name}: expected a diffusers VAE folder at one of {looked}, found none")
+    try:
+        from huggingface_hub import snapshot_download
+
+        files = ["config.json", "diffusion_pytorch_model.safetensors"]
+        folder = snapshot_download(spec.hub_id, allow_patterns=files + [f"vae/{f}" for f in files])
+    except Exception as e:  # offline, unknown or gated repo: all end the same way for the user
+        raise FastDecodersError(
+            f"weights for {name}: expected a diffusers VAE folder at one of {looked} or the hub repo {spec.hub_id}, "
+            f"got neither ({type(e).__name__}); download it and pass the local path"
+        ) from None
+    decoder = load_diffusers_vae(folder, spec.latents)
+    decoder.registry_name = name
+    return decoder
 
 
 def load_encoder(

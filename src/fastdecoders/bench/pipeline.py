@@ -45,7 +45,7 @@ ROW_KEYS = ("pipeline", "shape", "dtype", "steps", "decoder", "teacher", "ms_ste
 def _sdxl(tiny: bool, size: Size, gen: torch.Generator, device: torch.device) -> tuple[Any, dict]:
     import diffusers
 
-    from fastdecoders.models.teachers import PUBLISHED
+    from fastdecoders.models.diffusers_vae import PUBLISHED
 
     with torch.device(device):  # random init directly on the device: seconds on a GPU for billions
         if tiny:
@@ -85,7 +85,7 @@ def _svd(tiny: bool, size: Size, gen: torch.Generator, device: torch.device) -> 
     from PIL import Image
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from fastdecoders.models.teachers import PUBLISHED
+    from fastdecoders.models.diffusers_vae import PUBLISHED
 
     with torch.device(device):  # random init directly on the device: seconds on a GPU for billions
         if tiny:

@@ -117,7 +117,8 @@ def skip_reason(backend: str, device: torch.device) -> str | None:
 
 def load_for_bench(name: str, device: torch.device, dtype: torch.dtype, tiny: bool = False) -> nn.Module:
     """A registry name (random init: timing does not depend on weight values) or a saved decoder path, in eval mode."""
-    from fastdecoders.registry import build_decoder, is_registered
+    from fastdecoders.models import build_decoder
+    from fastdecoders.registry import is_registered
 
     if is_registered(name):
         decoder = build_decoder(name, tiny=tiny)
@@ -136,7 +137,8 @@ def load_for_bench(name: str, device: torch.device, dtype: torch.dtype, tiny: bo
 
 def _describe(name: str, tiny: bool) -> nn.Module:
     """The decoder ``name`` without real storage where possible (meta tensors: its latent space and layout only)."""
-    from fastdecoders.registry import build_decoder, is_registered
+    from fastdecoders.models import build_decoder
+    from fastdecoders.registry import is_registered
 
     if is_registered(name):
         with torch.device("meta"):
@@ -239,7 +241,7 @@ def _probe(decoder: nn.Module, dtype_name: str, device: torch.device, name: str)
 
 def teachers_for(decoders: list[nn.Module]) -> dict[str, str]:
     """Latent space -> registered teacher name, for the spaces of ``decoders``."""
-    from fastdecoders.models.teachers import teacher_for
+    from fastdecoders.models.diffusers_vae import teacher_for
 
     spaces = {d.latent_space_name for d in decoders}
     return {s: t for s in sorted(spaces) if (t := teacher_for(s)) is not None}

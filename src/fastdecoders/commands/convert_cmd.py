@@ -8,7 +8,8 @@ import argparse
 from fastdecoders.commands import add_weights_dir
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import get_latent_space
-from fastdecoders.weights import find_weights, load_decoder, load_encoder, save_decoder, save_diffusers_tiny
+from fastdecoders.models.fileformat import save_decoder
+from fastdecoders.weights import find_weights, load_decoder, load_encoder, save_diffusers_tiny
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.fileformat import load_strict, read_state_dict
 
 LPIPS_ENV = "FASTDECODERS_LPIPS"
 # the LPIPS input normalisation, applied to images in [-1, 1] (constants of the LPIPS paper's release)
@@ -132,8 +133,6 @@ class LPIPS(nn.Module):
 
     def load_backbone(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Load a torchvision ``alexnet``/``vgg16`` state dict (``features.*`` keys; the classifier is ignored)."""
-        from fastdecoders.weights import load_strict
-
         features = {k[len("features.") :]: v.float() for k, v in state.items() if k.startswith("features.")}
         # LPIPS never uses layers past its last tap (VGG's last pool); a full torchvision file has none beyond it
         wanted = self.features.state_dict()
@@ -141,8 +140,6 @@ class LPIPS(nn.Module):
 
     def load_heads(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Load the ``lpips`` package's head file (``lin{i}.model.1.weight``, each (1, C, 1, 1))."""
-        from fastdecoders.weights import load_strict
-
         heads = {f"{k[3]}.weight": v.float() for k, v in state.items() if k.startswith("lin") and k.endswith("weight")}
         load_strict(self.lins, heads, source)
 
@@ -165,8 +162,6 @@ def _looks_like(net: str, state: dict[str, torch.Tensor]) -> bool:
 def find_backbone(net: str, path: str | os.PathLike | None = None) -> Path | None:
     """The backbone checkpoint for ``net``: ``path`` itself if it is a file of that network, else the first match
     of the torchvision file name (or ``alexnet*``/``vgg16*``) in ``path``, ``$FASTDECODERS_LPIPS``, the hub cache."""
-    from fastdecoders.weights import read_state_dict
-
     spec = BACKBONES[net]
     for place in _search_places(path):
         if place.is_file():
@@ -207,8 +202,6 @@ def missing_weights_message(net: str, path: str | os.PathLike | None = None) -> 
 
 def load_lpips(net: str = "alex", path: str | os.PathLike | None = None, device=None) -> LPIPS:
     """An LPIPS network with real backbone and head weights, in eval mode; one clear error if either is missing."""
-    from fastdecoders.weights import read_state_dict
-
     if net not in BACKBONES:
         raise FastDecodersError(f"unknown LPIPS backbone {net!r}; known: {', '.join(BACKBONES)}")
     backbone = find_backbone(net, path)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.fileformat import check_finite_state
 
 #: architectures that export, by graph kind; everything else is refused with this list.
 SUPPORTED = {"tae": "image", "effvit": "image", "tae-temporal": "clip", "taehv": "stream"}
@@ -189,7 +190,6 @@ def export_model(decoder: nn.Module, latent_hw: tuple[int, int], batch: int = 1,
     Weights holding NaN/Inf are refused, as ``save_decoder`` does: an export is a saved model too."""
     import copy
 
-    from fastdecoders.weights import check_finite_state
 
     name = getattr(decoder, "registry_name", None) or getattr(decoder, "arch", type(decoder).__name__)
     check_finite_state(decoder.state_dict(), f"refusing to export {name}")

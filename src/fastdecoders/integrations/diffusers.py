@@ -34,80 +34,17 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.latents import LATENT_SPACES, LatentSpace, frames_to_video, get_latent_space, video_to_frames
+from fastdecoders.latents import LatentSpace, frames_to_video, get_latent_space, video_to_frames
 from fastdecoders.models import Decoder, DecoderOutput
+from fastdecoders.models.diffusers_vae import vae_channels, vae_latent_spaces, vae_spatial_factor
 from fastdecoders.models.protocol import call_kind
 from fastdecoders.registry import get_spec, list_decoders
 from fastdecoders.weights import load_decoder
 
-# Pipeline class-name prefixes that tell apart families sharing one VAE class (AutoencoderKL: sd1, sdxl, sd3, flux1).
-# Longest prefix first: "StableDiffusionXL…" must not read as "StableDiffusion…".
-_PIPELINE_HINTS: tuple[tuple[str, str], ...] = (
-    ("StableDiffusionXL", "sdxl"),
-    ("StableDiffusion3", "sd3"),
-    ("StableVideoDiffusion", "svd"),
-    ("StableDiffusion", "sd1"),
-    ("Flux2", "flux2"),
-    ("Flux", "flux1"),
-)
-
 _PIXEL_LAYOUTS = {"NCHW": "images (B, C, h, w)", "NTCHW": "frames (B·T, C, h, w)", "NCTHW": "clips (B, C, t, h, w)"}
 
 
-# -- which latent space a pipeline's VAE makes ------------------------------------------------------------------------
-
-
-def _vae_channels(vae: nn.Module) -> int | None:
-    config = vae.config
-    return config.get("latent_channels", config.get("z_dim"))
-
-
-def _vae_spatial_factor(vae: nn.Module) -> int | None:
-    """Pixels per latent as the pipelines compute it (``2 ** (len(block_out_channels) - 1)`` for AutoencoderKL)."""
-    config = vae.config
-    if config.get("scale_factor_spatial"):  # Wan
-        return int(config["scale_factor_spatial"])
-    ratio = getattr(vae, "spatial_compression_ratio", None)  # LTX (an attribute, not always in the config)
-    if isinstance(ratio, int):
-        return ratio
-    if config.get("block_out_channels"):
-        return 2 ** (len(config["block_out_channels"]) - 1)
-    return None
-
-
-def vae_latent_spaces(vae: nn.Module, pipeline_name: str | None = None) -> list[LatentSpace]:
-    """The registry's latent spaces ``vae`` can be making latents in: one when it is identifiable, several when the
-    VAE class is shared and nothing tells them apart, and an empty list for a VAE class no family uses.
-
-    Args:
-        vae: a diffusers VAE (its class name, latent channels and spatial factor are compared with each family's).
-        pipeline_name: the pipeline's class name, which names the family when the VAE class alone cannot.
-    """
-    channels, factor = _vae_channels(vae), _vae_spatial_factor(vae)
-    candidates = [
-        space
-        for space in LATENT_SPACES.values()
-        if space.vae_class == type(vae).__name__
-        and space.channels == channels
-        and (factor is None or space.spatial_factor == factor)
-    ]
-    if len(candidates) <= 1:
-        return candidates
-    if pipeline_name:
-        for prefix, name in _PIPELINE_HINTS:
-            if pipeline_name.startswith(prefix):
-                hinted = [s for s in candidates if s.name == name]
-                if hinted:
-                    return hinted
-                break
-    # no usable hint: the checkpoint's own scale/shift, when it equals one family's published values
-    scaling, shift = vae.config.get("scaling_factor"), vae.config.get("shift_factor") or 0.0
-    numeric = [
-        s
-        for s in candidates
-        if scaling is not None and abs(s.scaling_factor - scaling) < 1e-4 and abs(s.shift_factor - shift) < 1e-4
-    ]
-    return numeric or candidates
+# -- which latent space a pipeline's VAE makes (``vae_latent_spaces``: fastdecoders.models.diffusers_vae) ------
 
 
 def same_latents(a: LatentSpace, b: LatentSpace) -> bool:
@@ -182,11 +119,11 @@ class DiffusersVAEAdapter(nn.Module):
     def _check_compatible(self, vae: nn.Module, pipeline_name: str | None) -> LatentSpace:
         """The pipeline's latent space if the decoder reads it; otherwise one error naming decoders that would."""
         spaces = vae_latent_spaces(vae, pipeline_name)
-        what = f"{pipeline_name or 'the pipeline'}'s {type(vae).__name__} ({_vae_channels(vae)} ch)"
+        what = f"{pipeline_name or 'the pipeline'}'s {type(vae).__name__} ({vae_channels(vae)} ch)"
         if not spaces:  # a VAE class no registered family uses: trust the decoder if the shapes agree
-            factor = _vae_spatial_factor(vae)
+            factor = vae_spatial_factor(vae)
             d = self.decoder_space
-            if d.channels == _vae_channels(vae) and factor in (None, d.spatial_factor):
+            if d.channels == vae_channels(vae) and factor in (None, d.spatial_factor):
                 warnings.warn(
                     f"cannot tell which latent space {what} makes; assuming {d.name}, as {_name(self.fast_decoder)} "
                     f"reads. Wrong colours mean it is not.",
@@ -195,7 +132,7 @@ class DiffusersVAEAdapter(nn.Module):
                 return d
             raise FastDecodersError(
                 f"{_name(self.fast_decoder)} reads {d.name} latents ({d.channels} ch, f{d.spatial_factor}), but "
-                f"{what} makes latents of {_vae_channels(vae)} ch, f{factor}"
+                f"{what} makes latents of {vae_channels(vae)} ch, f{factor}"
             )
         for space in spaces:
             if same_latents(space, self.decoder_space):

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastdecoders.models.base import Decoder, DecoderOutput
+from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder  # original VAEs (teachers) and pruned ones
 from fastdecoders.models.effvit import EffViTDecoder
 from fastdecoders.models.tae import TAEConfig, TAEDecoder, TAEEncoder, TAEEncoderConfig
 from fastdecoders.models.taehv import TAEHVDecoder
-from fastdecoders.models.teachers import DiffusersVAEDecoder  # original VAEs (teachers) and pruned ones
 from fastdecoders.models.temporal import TemporalTAEDecoder
 from fastdecoders.registry import DecoderSpec, get_spec
 

@@ -12,12 +12,15 @@ except ``TemporalTAEDecoder`` which, like SVD's decoder, takes (B·T, C, h, w) p
 
 from __future__ import annotations
 
-import dataclasses
+import os
 from typing import Any, ClassVar
 
+import torch
+
+from fastdecoders.models.fileformat import config_to_dict, load_file, save_decoder
 from fastdecoders.models.protocol import DecoderOutput, LatentDecoder
 
-__all__ = ["Decoder", "DecoderOutput", "config_from_dict", "config_to_dict"]
+__all__ = ["Decoder", "DecoderOutput"]
 
 
 class Decoder(LatentDecoder):
@@ -46,39 +49,19 @@ class Decoder(LatentDecoder):
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> Decoder:
-        """Load a registry name, a weights file or folder, or a hub id (see ``fastdecoders.load_decoder``)."""
-        from fastdecoders.weights import load_decoder
-
-        decoder = load_decoder(name_or_path, **kwargs)
-        if not isinstance(decoder, cls):
-            raise TypeError(f"{name_or_path!r} holds a {type(decoder).__name__}, not a {cls.__name__}")
-        return decoder
+    def from_pretrained(
+        cls, path: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> Decoder:
+        """A decoder saved by ``save_pretrained`` (our ``.safetensors``, or a folder holding ``model.safetensors``),
+        in eval mode. Registry names, upstream files and hub ids: ``fastdecoders.load_decoder``."""
+        classes = [cls, *_subclasses(cls)]
+        decoder = load_file(path, {c.arch: c for c in classes if "arch" in vars(c)})
+        return decoder.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, path: str, **kwargs: Any) -> str:
         """Save as our safetensors format (config inside the file); returns the file written."""
-        from fastdecoders.weights import save_decoder
-
         return save_decoder(self, path, **kwargs)
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a (possibly nested) dataclass config; tuples become lists."""
-    return dataclasses.asdict(config)
-
-
-def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
-    """Inverse of ``config_to_dict``: lists go back to tuples for tuple-typed fields; unknown keys are an error."""
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        from fastdecoders.errors import FastDecodersError
-
-        raise FastDecodersError(f"unknown {config_class.__name__} keys {unknown}; expected some of {sorted(fields)}")
-    return config_class(**{k: _tuplify(v) for k, v in values.items()})
-
-
-def _tuplify(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tuplify(v) for v in value)
-    return value
+def _subclasses(cls: type) -> list[type]:
+    return [s for sub in cls.__subclasses__() for s in (sub, *_subclasses(sub))]

@@ -63,9 +63,9 @@ def _diffusers_classes() -> dict[str, type]:
 @functools.cache
 def _row_local_types() -> tuple[type, ...]:
     """Modules whose own forward code (read for this) only mixes channels, columns or frames, never rows."""
+    from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder
     from fastdecoders.models.layers import Clamp, ResBlock
     from fastdecoders.models.tae import TAEDecoder
-    from fastdecoders.models.teachers import DiffusersVAEDecoder
     from fastdecoders.models.temporal import TemporalMidBlock, TemporalTAEDecoder
 
     torch_types = (nn.ReLU, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout, nn.Linear,

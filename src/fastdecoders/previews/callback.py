@@ -34,7 +34,8 @@ def pipeline_latent_space(pipe: Any, latents: str | None = None) -> LatentSpace:
     """The latent space of ``pipe``'s VAE (``latents`` overrides; one clear error when it cannot be told)."""
     if latents is not None:
         return get_latent_space(latents)
-    from fastdecoders.integrations.diffusers import DiffusersVAEAdapter, vae_latent_spaces
+    from fastdecoders.integrations.diffusers import DiffusersVAEAdapter
+    from fastdecoders.models.diffusers_vae import vae_latent_spaces
 
     vae = getattr(pipe, "vae", None)
     if isinstance(vae, DiffusersVAEAdapter):  # fastdecoders.use() is active: its space is already known

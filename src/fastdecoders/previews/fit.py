@@ -39,7 +39,7 @@ class Codec:
 def resolve_codec(vae: str, latents: str | None = None, weights_dir: str | os.PathLike | None = None) -> Codec:
     """``vae``: a diffusers image-VAE folder (its own encoder and decoder), or a decoder name/path whose latent family
     has a tiny encoder here (``taesdxl``, a trained student's file …; encoded with that family's TAE encoder)."""
-    from fastdecoders.models.teachers import vae_folder
+    from fastdecoders.models.diffusers_vae import vae_folder
 
     if Path(vae).exists() and vae_folder(vae) is not None:
         return _diffusers_codec(vae, latents)
@@ -66,8 +66,7 @@ def _diffusers_codec(folder: str, latents: str | None) -> Codec:
 
     import diffusers
 
-    from fastdecoders.integrations.diffusers import vae_latent_spaces
-    from fastdecoders.models.teachers import DiffusersVAEDecoder, vae_folder
+    from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder, vae_folder, vae_latent_spaces
 
     found = vae_folder(folder)
     class_name = json.loads((found / "config.json").read_text()).get("_class_name")

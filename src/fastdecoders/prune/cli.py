@@ -19,6 +19,7 @@ import torch
 
 from fastdecoders.commands import add_device, add_weights_dir, format_table
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.fileformat import save_decoder
 
 
 def _stages(text: str | None) -> tuple[int, ...]:
@@ -122,7 +123,6 @@ def calibration_latents(args: argparse.Namespace, teacher) -> tuple[torch.Tensor
 
 def run(args: argparse.Namespace) -> dict:
     from fastdecoders.prune.core import decoder_parameters, parse_keep, prune
-    from fastdecoders.weights import save_decoder
 
     if str(args.teacher).endswith((".yaml", ".yml")):
         from fastdecoders.prune.distill import load_recipe, phase_steps, run_recipe

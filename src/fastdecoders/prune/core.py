@@ -15,10 +15,10 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models import Decoder, TAEDecoder
+from fastdecoders.models.fileformat import load_strict
 from fastdecoders.progress import progress
 from fastdecoders.prune.plan import METHODS, Plan, Stats, calibrate, choose, student_state
 from fastdecoders.prune.plan import refine as refine_layers
-from fastdecoders.weights import load_strict
 
 
 @dataclass

@@ -3,7 +3,7 @@ AutoencoderKLLTXVideo (LTX-Video 0.9.0 layout).
 
 Structural pruning: the student is the *same diffusers class* with narrower per-stage widths in its config
 (``block_out_channels`` / ``decoder_base_dim`` + ``dim_mult`` / ``decoder_block_out_channels``), wrapped as a
-``diffusers-vae`` (``fastdecoders.models.teachers``); its weights are the teacher's, sliced and folded (``plan``).
+``diffusers-vae`` (``fastdecoders.models.diffusers_vae``); its weights are the teacher's, sliced and folded (``plan``).
 
 Coupling, per family (stages are counted latent side first, one per up block):
 
@@ -27,7 +27,7 @@ from typing import Any
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.models.teachers import DiffusersVAEConfig, DiffusersVAEDecoder, vae_kwargs
+from fastdecoders.models.diffusers_vae import DiffusersVAEConfig, DiffusersVAEDecoder, vae_kwargs
 from fastdecoders.prune.plan import Plan, Projection, Space, attention_rescale, chain
 
 #: the diffusers VAE classes whose decoders prune knows how to narrow

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.fileformat import save_decoder
 
 PRUNE_KEYS = {"teacher", "keep", "method", "fold", "multiple", "calib", "calib_count", "calib_size", "calib_frames",
               "calib_latents", "sep3d_stages", "frame2d_stages", "latents", "random_init"}  # fmt: skip
@@ -376,7 +377,7 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "cpu", weights_dir
     from fastdecoders.prune.cli import calibration_latents, load_teacher
     from fastdecoders.prune.core import decoder_parameters, parse_keep, prune
     from fastdecoders.train import config_from_dict, train
-    from fastdecoders.weights import load_decoder, save_decoder
+    from fastdecoders.weights import load_decoder
 
     out = Path(out)
     args = _prune_args(recipe, device, weights_dir)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.fileformat import save_decoder
 from fastdecoders.progress import progress
 from fastdecoders.prune.plan import METHODS
 
@@ -122,7 +123,6 @@ def pareto(
     "speedup", "psnr", "retention", "psnr_vs_teacher", "checkpoint"}], "runs", "bench_shape", "eval_count"}``.
     """
     from fastdecoders.prune.core import decoder_parameters, prune
-    from fastdecoders.weights import save_decoder
 
     ref = _run(teacher, eval_latents, batch_size)
     t_psnr = _psnr(ref, photos01 * 2 - 1) if photos01 is not None else None

