@@ -7,9 +7,8 @@ Latents of one input take one of two forms, decided by the latent space:
 * ``"clip"`` — (1, C, t, h, w) NCTHW with t = ``space.latent_frames(T)``: causal video spaces (Wan, LTX, …), encoded
   by a diffusers video VAE (``--vae``), the encoder bundled in the decoder's file (TAEHV), or one from Python.
 
-Decoders come in three kinds (``fastdecoders.models.base.call_kind``): ``"image"`` (NCHW, applied frame by frame),
-``"temporal"`` (takes (B·T, C, h, w) and ``num_frames``, like SVD's decoder) and ``"video"`` (``latent_ndim == 5``,
-NCTHW).
+Decoders take either form through the decode protocol (``decoder.decode_latents``, ``fastdecoders.models.protocol``):
+frame-wise decoders decode "frames" in chunks, decoders of whole clips get them at once.
 """
 
 from __future__ import annotations
@@ -141,12 +140,10 @@ def custom_encoder(fn: Callable | Encoder, space: LatentSpace, device="cpu", dty
 # -- decoding -------------------------------------------------------------------------------------------------------
 
 
-def to_decoder_input(latents: torch.Tensor, kind: str, space: LatentSpace) -> torch.Tensor:
-    """Latents in their form -> what a decoder of ``kind`` takes (a permute at most)."""
-    clip = latents.ndim == 5
-    if kind == "video":
-        return latents if clip else latents.permute(1, 0, 2, 3)[None]  # (T, C, h, w) -> (1, C, T, h, w)
-    if clip:
+def to_decoder_input(latents: torch.Tensor, decoder: nn.Module, space: LatentSpace) -> torch.Tensor:
+    """Latents in their form, checked against what ``decoder`` can read: causal clips need a clip decoder."""
+    if latents.ndim == 5 and decoder.latent_ndim != 5:
+        kind = "temporal" if decoder.decodes_clips else "image"
         raise FastDecodersError(
             f"{space.name} latents are whole clips (causal, x{space.temporal_factor} in time); "
             f"a frame-wise {kind} decoder cannot read them"
@@ -155,17 +152,18 @@ def to_decoder_input(latents: torch.Tensor, kind: str, space: LatentSpace) -> to
 
 
 @torch.inference_mode()
-def decode(decoder: nn.Module, kind: str, latents: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Decoder-ready latents (``to_decoder_input``) -> (T, 3, H, W) RGB in [0, 1], float32 on the CPU."""
+def decode(decoder: nn.Module, latents: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Latents of one input ((T, C, h, w) frames of one clip, or a (1, C, t, h, w) clip) -> (T, 3, H, W) RGB in
+    [0, 1], float32 on the CPU. Frame-wise decoders run in chunks of ``batch_size`` frames."""
     param = next(decoder.parameters())
     z = latents.to(param.device, param.dtype)
-    if kind == "video":
-        video = decoder(z)
+    if z.ndim == 5:
+        video = decoder.decode_latents(z)
         if video.ndim != 5 or video.shape[1] != 3:
             raise FastDecodersError(f"video decoder returned shape {tuple(video.shape)}, expected (1, 3, T, H, W)")
         frames = video[0].permute(1, 0, 2, 3)
-    elif kind == "temporal":
-        frames = decoder(z, num_frames=z.shape[0])
+    elif decoder.decodes_clips:  # frames of one clip decoded together
+        frames = decoder.decode_latents(z, num_frames=z.shape[0])
     else:
-        frames = torch.cat([decoder(chunk) for chunk in z.split(batch_size)])
+        frames = torch.cat([decoder.decode_latents(chunk) for chunk in z.split(batch_size)])
     return to_01(frames.float()).cpu()

@@ -12,34 +12,27 @@ only decodes again what it shows in the report, so an interrupted run resumes wh
 from __future__ import annotations
 
 import math
-import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from fastdecoders.errors import FastDecodersError, require_finite
+from fastdecoders.errors import FastDecodersError
 from fastdecoders.eval import codec, metrics
 from fastdecoders.eval.cache import Store
-from fastdecoders.eval.data import Item, Preprocess, Sample, SkipList, discover, load
+from fastdecoders.eval.data import Preprocess, SkipList, discover
+from fastdecoders.eval.runner import Nets, Run, Runner, run_inputs
+from fastdecoders.eval.summary import ALL_METRICS, summary
 from fastdecoders.io import locked_folder
-from fastdecoders.latents import LatentSpace, get_latent_space
+from fastdecoders.latents import get_latent_space
 from fastdecoders.models.protocol import call_kind
 
-PIXEL_METRICS = ("psnr", "ssim", "ms_ssim", "lpips_alex", "lpips_vgg")
-CLIP_METRICS = ("flicker",)
-SET_METRICS = ("fid", "kid", "fvd")
-ALL_METRICS = PIXEL_METRICS + CLIP_METRICS + SET_METRICS
 DEFAULT_METRICS = {
     "images": ("psnr", "ssim", "ms_ssim", "lpips_alex", "lpips_vgg", "fid", "kid"),
     "videos": ("psnr", "ssim", "flicker", "lpips_alex", "fid", "kid", "fvd"),
 }
-#: errors that belong to one input (unreadable file, too short, shape a decoder cannot take): skip it, go on.
-PER_INPUT_ERRORS = (FastDecodersError, RuntimeError, ValueError, OSError)
 
 
 @dataclass
@@ -76,34 +69,6 @@ class EvalConfig:
     batch_size: int = 8
     progress: bool = True
     write_report: bool = True
-
-
-@dataclass
-class Run:
-    """One decoder in a run."""
-
-    name: str
-    decoder: nn.Module
-    kind: str
-    space: LatentSpace
-    fingerprint: str
-    role: str = "decoder"
-    #: compared with the teacher (same latent space)?
-    vs_teacher: bool = False
-    warm: bool = False
-
-
-@dataclass
-class Visual:
-    """What the report shows of one input: a full-resolution frame of each, and for clips a small MP4 source."""
-
-    key: str
-    label: str
-    original: torch.Tensor | None  # (3, H, W) in [0, 1]
-    outputs: dict[str, torch.Tensor]  # name -> (3, H, W)
-    clip_original: torch.Tensor | None = None  # (T, 3, h, w), h <= 256
-    clip_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
-    fps: float = 24.0
 
 
 # -- setup ----------------------------------------------------------------------------------------------------------
@@ -202,324 +167,6 @@ def _resolve_metrics(config: EvalConfig, skipped: SkipList, notes: list[str]) ->
     return tuple(chosen)
 
 
-class _Nets:
-    """The feature networks a run needs, loaded once."""
-
-    def __init__(self, chosen: tuple[str, ...], config: EvalConfig):
-        from fastdecoders.eval import features, lpips
-
-        self.lpips = {
-            m: lpips.load_lpips(m.split("_", 1)[1], config.lpips_weights, config.device)
-            for m in chosen
-            if m.startswith("lpips_")
-        }
-        self.inception = features.InceptionFeatures(config.device) if {"fid", "kid"} & set(chosen) else None
-        self.video = (
-            features.VideoFeatures(config.fvd_net, config.fvd_frames, config.fvd_size, config.fvd_range, config.device)
-            if "fvd" in chosen
-            else None
-        )
-        self.fid_frames = max(1, config.fid_frames)
-
-    def inception_features(self, frames01: torch.Tensor) -> torch.Tensor | None:
-        """(F, 2048) features of up to ``fid_frames`` evenly spaced frames of (T, 3, H, W)."""
-        if self.inception is None:
-            return None
-        index = torch.linspace(0, len(frames01) - 1, min(self.fid_frames, len(frames01))).round().long().unique()
-        return self.inception(frames01[index])
-
-    def set_features(self, frames01: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
-        if (f := self.inception_features(frames01)) is not None:
-            out["inception"] = f
-        if self.video is not None:
-            out["video"] = self.video(frames01)[None]
-        return out
-
-
-# -- per input ------------------------------------------------------------------------------------------------------
-
-
-def pixel_metrics(
-    decoded: torch.Tensor, reference: torch.Tensor, chosen: tuple[str, ...], nets: _Nets
-) -> dict[str, float]:
-    """Per-input metrics of (T, 3, H, W) decoded frames against the reference, both in [0, 1]: per-frame metrics
-    are averaged over frames; NaN where a metric does not apply (MS-SSIM on small frames, flicker on one frame)."""
-    if decoded.shape != reference.shape:
-        raise FastDecodersError(
-            f"decoded shape {tuple(decoded.shape)} differs from the reference's {tuple(reference.shape)}"
-        )
-    out: dict[str, float] = {}
-    if "psnr" in chosen:
-        out["psnr"] = float(metrics.psnr(decoded, reference).mean())
-    if "ssim" in chosen:
-        out["ssim"] = float(metrics.ssim(decoded, reference).mean())
-    if "ms_ssim" in chosen:
-        small = min(decoded.shape[-2:]) < metrics.MS_SSIM_MIN_SIDE
-        out["ms_ssim"] = math.nan if small else float(metrics.ms_ssim(decoded, reference).mean())
-    for name, net in nets.lpips.items():
-        device = next(net.parameters()).device
-        out[name] = float(
-            torch.cat(
-                [
-                    net(a.to(device), b.to(device)).cpu()
-                    for a, b in zip(decoded.split(4), reference.split(4), strict=True)
-                ]
-            ).mean()
-        )
-    if "flicker" in chosen:
-        out["flicker"] = metrics.flicker(decoded, reference) if len(decoded) > 1 else math.nan
-    return out
-
-
-class _Runner:
-    def __init__(
-        self,
-        runs: list[Run],
-        teacher: Run | None,
-        config: EvalConfig,
-        prep: Preprocess,
-        chosen: tuple[str, ...],
-        nets: _Nets,
-        store: Store,
-        encoders: dict[str, Any],
-        latent_ndim: int | None = None,
-    ):
-        self.runs, self.teacher, self.config, self.prep = runs, teacher, config, prep
-        self.latent_ndim = latent_ndim
-        self.chosen, self.nets, self.store = chosen, nets, store
-        self.encoder_fns = encoders
-        self.encoders: dict[str, codec.Encoder] = {}
-        self.prep_key = prep.key(config.kind)
-        metric_key = ",".join(chosen) + f"|fid{config.fid_frames}"
-        if nets.video is not None:
-            metric_key += (
-                f"|fvd{codec.module_fingerprint(nets.video.net)}-{config.fvd_frames}-{config.fvd_size}-"
-                f"{config.fvd_range}"
-            )
-        self.metric_key = metric_key
-        self.records: dict[str, dict[str, tuple[dict[str, torch.Tensor], dict]]] = {r.name: {} for r in runs}
-        self.originals: dict[str, dict[str, torch.Tensor]] = {}
-        self.sizes: set[tuple[int, int]] = set()
-        self.visuals: list[Visual] = []
-
-    # latents ----------------------------------------------------------------------------------------------------
-
-    def encoder(self, space: LatentSpace) -> codec.Encoder:
-        if space.name not in self.encoders:
-            c = self.config
-            dtype = getattr(torch, c.dtype)
-            if space.name in self.encoder_fns:
-                enc = codec.custom_encoder(self.encoder_fns[space.name], space, c.device, dtype)
-            elif c.vae is not None:
-                enc = codec.diffusers_encoder(c.vae, space, c.device, dtype)
-            elif (bundled := codec.bundled_encoder([r.decoder for r in self.runs], space, c.device, dtype)) is not None:
-                enc = bundled  # a TAEHV file's own encoder: users with the weights need nothing else
-            else:
-                enc = codec.tae_encoder(space, c.weights_dir, c.device, dtype)
-            enc.batch_size = c.batch_size
-            self.encoders[space.name] = enc
-        return self.encoders[space.name]
-
-    def latents(self, run: Run, sample: Sample, stamp: str) -> torch.Tensor:
-        """This input's latents for ``run``'s space, in the form its decoder takes."""
-        space = run.space
-        if sample.latents is not None:
-            # one element of a latents file: (C, h, w) image, (T, C, h, w) SVD frames, (C, t, h, w) causal clip
-            z = sample.latents
-            space.check_latents(z[None], what=str(sample.item.path))
-            if space.layout == "NCHW" or codec.latent_form(space) == "clip":
-                z = z[None]
-        else:
-            enc = self.encoder(space)
-            parts = ("latents", enc.key, self.prep_key)
-            cached = self.store.get(parts, sample.item.key, stamp)
-            if cached is not None:
-                z = cached[0]["latents"]
-            else:
-                z = enc(sample.pixels)
-                self.store.put(parts, sample.item.key, stamp, {"latents": z})
-        return codec.to_decoder_input(z, run.kind, space)
-
-    # decoding ---------------------------------------------------------------------------------------------------
-
-    def decode(self, run: Run, sample: Sample, stamp: str) -> tuple[torch.Tensor, float]:
-        """(T, 3, H, W) decoded frames in [0, 1] and the decoder's wall time in ms (latents ready, warmed up)."""
-        z = self.latents(run, sample, stamp)
-        if not run.warm:  # first call pays for allocation and kernel selection: not part of the timing
-            codec.decode(run.decoder, run.kind, z, self.config.batch_size)
-            run.warm = True
-        _sync(self.config.device)
-        start = time.perf_counter()
-        frames = codec.decode(run.decoder, run.kind, z, self.config.batch_size)
-        _sync(self.config.device)
-        ms = (time.perf_counter() - start) * 1000
-        require_finite(frames, f"{run.name}'s output")  # NaN metrics (n=0) or black figures otherwise
-        if sample.pixels is not None and frames.shape != sample.pixels.shape:
-            raise FastDecodersError(
-                f"{run.name} decoded {tuple(frames.shape)} from an input of {tuple(sample.pixels.shape)} (T, 3, H, W)"
-            )
-        return frames, ms
-
-    def process(self, item: Item) -> None:
-        sample = load(item, self.prep, self.latent_ndim)
-        stamp = item.source_stamp()
-        if sample.pixels is not None:
-            self.sizes.add(tuple(sample.pixels.shape[-2:]))
-            parts = ("originals", self.prep_key, _short(self.metric_key))
-            cached = self.store.get(parts, item.key, stamp)
-            if cached is None:
-                tensors = self.nets.set_features(sample.pixels)
-                self.store.put(parts, item.key, stamp, tensors)
-            else:
-                tensors = cached[0]
-            originals = tensors
-        else:
-            originals = {}
-        want_visual = len(self.visuals) < self.config.grid_count
-        outputs: dict[str, torch.Tensor] = {}
-        timings: dict[str, float] = {}
-
-        def output(run: Run) -> torch.Tensor:
-            if run.name not in outputs:
-                outputs[run.name], timings[run.name] = self.decode(run, sample, stamp)
-            return outputs[run.name]
-
-        records = {}
-        for run in self.runs:
-            parts = (
-                "results",
-                run.fingerprint,
-                self.teacher.fingerprint if run.vs_teacher else "none",
-                self._latents_key(run),
-                self.prep_key,
-                _short(self.metric_key),
-            )
-            cached = self.store.get(parts, item.key, stamp)
-            if cached is None:
-                decoded = output(run)
-                record: dict[str, Any] = {
-                    "ms": timings[run.name],
-                    "frames": len(decoded),
-                    "orig": None,
-                    "teacher": None,
-                }
-                if sample.pixels is not None:
-                    record["orig"] = pixel_metrics(decoded, sample.pixels, self.chosen, self.nets)
-                if run.vs_teacher:
-                    record["teacher"] = pixel_metrics(decoded, output(self.teacher), self.chosen, self.nets)
-                tensors = self.nets.set_features(decoded)
-                self.store.put(parts, item.key, stamp, tensors, record)
-                cached = (tensors, record)
-            elif want_visual:
-                output(run)
-            records[run.name] = cached
-        # only now, when every decoder got through this input, does it count (paired comparisons)
-        for name, record in records.items():
-            self.records[name][item.key] = record
-        self.originals[item.key] = originals
-        if want_visual:
-            self.visuals.append(_visual(item, sample, outputs, self.runs))
-
-    def _latents_key(self, run: Run) -> str:
-        if self.config.kind == "latents":
-            return "file"
-        return self.encoder(run.space).key
-
-
-def _short(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _small(frames: torch.Tensor, height: int = 256) -> torch.Tensor:
-    """(T, 3, H, W) -> at most ``height`` rows (area), for the report's MP4."""
-    if frames.shape[-2] <= height:
-        return frames
-    width = max(2, round(frames.shape[-1] * height / frames.shape[-2]))
-    return torch.nn.functional.interpolate(frames, size=(height, width), mode="area")
-
-
-def _visual(item: Item, sample: Sample, outputs: dict[str, torch.Tensor], runs: list[Run]) -> Visual:
-    pick = (len(sample.pixels) if sample.pixels is not None else len(next(iter(outputs.values())))) // 2
-    original = sample.pixels[pick] if sample.pixels is not None else None
-    visual = Visual(item.key, item.label, original, {r.name: outputs[r.name][pick] for r in runs}, fps=sample.fps)
-    if item.kind == "videos":
-        visual.clip_original = _small(sample.pixels)
-        visual.clip_outputs = {r.name: _small(outputs[r.name]) for r in runs}
-    return visual
-
-
-# -- aggregation ----------------------------------------------------------------------------------------------------
-
-
-def _set_metrics(
-    ours: list[torch.Tensor], ref: list[torch.Tensor], chosen: tuple[str, ...], notes: list[str]
-) -> dict[str, Any]:
-    """FID (+ bootstrap ci95), KID and FVD between two paired lists of per-input feature dicts."""
-    out: dict[str, Any] = {}
-    for metric, key in (("fid", "inception"), ("kid", "inception"), ("fvd", "video")):
-        if metric not in chosen:
-            continue
-        a = torch.cat([f[key] for f in ours]) if ours else torch.zeros(0)
-        b = torch.cat([f[key] for f in ref]) if ref else torch.zeros(0)
-        # KID splits the inputs into two disjoint halves per round: fewer than 10 inputs give subsets of < 5
-        count, need, unit = (len(ours), 10, "inputs") if metric == "kid" else (len(a), 2, "feature vectors")
-        if count < need or len(b) < 2:
-            out[metric] = None
-            notes.append(f"{metric} not computed: needs at least {need} {unit}, got {count}")
-            continue
-        if metric == "kid":
-            # rows are paired (input i, frame j of both sets): KID's subsets must not share inputs
-            groups = torch.cat([torch.full((len(f[key]),), i) for i, f in enumerate(ours)]).numpy()
-            mean, ci = metrics.kid(a, b, groups=groups)
-            out["kid"] = {"mean": mean, "ci95": ci}
-        else:
-            out[metric] = metrics.frechet_distance_features(a, b)
-            rounds = 100 if len(a) < a.shape[1] else 10  # past D samples each round is a D×D eigendecomposition
-            out[f"{metric}_ci95"] = metrics.bootstrap_frechet_ci95(a, b, rounds=rounds)
-    return out
-
-
-def _summary(runner: _Runner, run: Run, notes: list[str]) -> dict[str, Any]:
-    keys = list(runner.records[run.name])
-    records = [runner.records[run.name][k] for k in keys]
-    chosen = runner.chosen
-    pixel = [m for m in PIXEL_METRICS + CLIP_METRICS if m in chosen]
-
-    def per_input(which: str) -> dict[str, Any]:
-        return {m: metrics.mean_ci95([r[1][which][m] for r in records]) for m in pixel}
-
-    def blank() -> dict[str, Any]:  # every metric key is always there (None: not computed), for a stable schema
-        return {**{m: None for m in ALL_METRICS}, "fid_ci95": None, "fvd_ci95": None}
-
-    has_orig = bool(records) and records[0][1]["orig"] is not None
-    entry: dict[str, Any] = {"role": run.role, "latent_space": run.space.name, "kind": run.kind, "n": len(records)}
-    entry.update(blank())
-    if has_orig:
-        entry.update(per_input("orig"))
-        originals = [runner.originals[k] for k in keys]
-        entry.update(_set_metrics([r[0] for r in records], originals, chosen, notes))
-    entry["vs_teacher"] = None
-    if run.vs_teacher and records:
-        teacher_feats = [runner.records[runner.teacher.name][k][0] for k in keys]
-        vs = {**blank(), **per_input("teacher")}
-        vs.update(_set_metrics([r[0] for r in records], teacher_feats, chosen, notes))
-        entry["vs_teacher"] = vs
-    ms = [r[1]["ms"] / max(1, r[1]["frames"]) for r in records]
-    entry["ms_per_image"] = float(torch.tensor(ms).median()) if ms else None
-    if runner.config.kind == "videos" and records:
-        entry["ms_per_clip"] = float(torch.tensor([r[1]["ms"] for r in records]).median())
-    entry["params"] = sum(p.numel() for p in run.decoder.parameters())
-    return entry
-
-
 # -- the run --------------------------------------------------------------------------------------------------------
 
 
@@ -560,21 +207,14 @@ def _evaluate(decoders: list[str | nn.Module], config: EvalConfig, encoders: dic
         space = runs[0].space
         latent_ndim = 4 if codec.latent_form(space) == "clip" or space.is_video else 3
     items = discover(config.kind, config.source, prep, config.limit, latent_ndim)
-    nets = _Nets(chosen, config)
+    nets = Nets(chosen, config)
     store = Store(Path(config.cache) if config.cache else out / "cache", enabled=config.resume)
-    runner = _Runner(runs, teacher, config, prep, chosen, nets, store, dict(encoders or {}), latent_ndim)
+    runner = Runner(runs, teacher, config, prep, chosen, nets, store, dict(encoders or {}), latent_ndim)
     if config.kind != "latents":
         for run in runs:  # a missing encoder is a setup error, not one per input: fail before the loop
             runner.encoder(run.space)
     unit = {"images": "img", "videos": "clip", "latents": "latent"}[config.kind]
-    with torch.inference_mode():
-        # always drawn (also in logs): tests/test_eval_cli.py reads the bar's final state from stderr
-        bar = tqdm(items, desc="eval", unit=unit, file=sys.stderr, disable=not config.progress, dynamic_ncols=True)
-        for item in bar:
-            try:
-                runner.process(item)
-            except PER_INPUT_ERRORS as e:
-                skipped.add(item.label, _one_line(e))
+    run_inputs(runner, items, skipped, unit, config.progress)
     evaluated = len(runner.originals)
     if evaluated == 0:
         first = skipped.entries[-1] if skipped.entries else {"path": str(config.source), "why": "no inputs"}
@@ -593,7 +233,7 @@ def _evaluate(decoders: list[str | nn.Module], config: EvalConfig, encoders: dic
             f"ms_ssim needs both sides >= {metrics.MS_SSIM_MIN_SIDE} px; smaller inputs are left out of it (see its n)"
         )
     result = {
-        "decoders": {run.name: _summary(runner, run, notes) for run in runs},
+        "decoders": {run.name: summary(runner, run, notes) for run in runs},
         "teacher": teacher.name if teacher else None,
         "inputs": {
             "kind": config.kind,
@@ -613,8 +253,3 @@ def _evaluate(decoders: list[str | nn.Module], config: EvalConfig, encoders: dic
 
         write_report(result, runner.visuals, out, crop_size=config.crop_size)  # sets result["report"], ["html"]
     return result
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if isinstance(e, FastDecodersError) else f"{type(e).__name__}: {text}"[:400]
