@@ -10,7 +10,7 @@ import torch
 
 from fastdecoders import load_decoder
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.models import TAEConfig, TAEDecoder, build_decoder
+from fastdecoders.models import TAEConfig, TAEDecoder
 from fastdecoders.prune import prune
 from fastdecoders.prune.distill import (
     align_features,
@@ -18,10 +18,8 @@ from fastdecoders.prune.distill import (
     load_recipe,
     parse_recipe,
     phase_steps,
-    register_student,
     run_recipe,
 )
-from fastdecoders.registry import get_spec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -66,17 +64,6 @@ def test_feature_alignment_lowers_its_loss():
     info = align_features(teacher, student, latents, steps=30, feature=1.0, distill=0.5, lr=3e-3, batch_size=8)
     assert info["loss_last"] < 0.9 * info["loss_first"]  # measured: 0.355 -> 0.286 (seeded)
     assert not student.training and all(p.requires_grad for p in student.parameters())
-
-
-def test_registered_student_builds_like_any_decoder():
-    student = build_decoder("taesdxl", tiny=True)
-    student.latent_space_name = "sdxl"
-    name = register_student(student, "test-pruned-taesdxl")
-    assert register_student(student, "test-pruned-taesdxl") == name  # same config: same name
-    assert get_spec(name).config == student.config and get_spec(name).latents == "sdxl"
-    other = TAEDecoder(TAEConfig(latent_channels=4, widths=(4, 4, 4, 4), blocks=(1, 1, 1, 1)))
-    other.latent_space_name = "sdxl"
-    assert register_student(other, "test-pruned-taesdxl") == f"{name}-2"  # taken by another config: a new name
 
 
 @pytest.mark.shared

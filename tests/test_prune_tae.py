@@ -9,7 +9,7 @@ from fastdecoders import build_decoder, load_decoder, save_decoder
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models import TAEConfig, TAEDecoder
 from fastdecoders.prune import prune
-from fastdecoders.prune.core import parse_keep, pruned_width
+from fastdecoders.prune.widths import parse_keep, pruned_width
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -60,3 +60,31 @@ def latents_file(path: str | os.PathLike, decoder: nn.Module) -> torch.Tensor:
             f"{path}: expected {want}-d latents with {decoder.latent_channels} channels, got {tuple(latents.shape)}"
         )
     return latents.float()
+
+
+def calibration_latents(
+    teacher: nn.Module,
+    *,
+    latents_path: str | os.PathLike | None = None,
+    photos: str | os.PathLike | None = None,
+    count: int = 32,
+    size: int = 256,
+    frames: int = 3,
+    weights_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+) -> tuple[torch.Tensor, str]:
+    """(calibration latents in the teacher's layout, a one-line note saying what they are): a latents file, photos
+    encoded by the family's tiny encoder (image teachers), or ``count`` random N(0, 1) latents of ``size`` pixels
+    (video teachers: at most 8 clips of ``frames`` latent frames)."""
+    if latents_path:
+        return latents_file(latents_path, teacher), f"latents file {latents_path}"
+    space = get_latent_space(teacher.latent_space_name)
+    if photos:
+        if getattr(teacher, "latent_ndim", 4) != 4:
+            raise FastDecodersError("--calib photos calibrate image decoders; give video decoders --calib-latents")
+        images = load_photos(photos, count, size)
+        return encode_photos(images, space.name, weights_dir, device), f"{len(images)} photos of {photos} at {size}²"
+    side = max(1, size // space.spatial_factor)
+    count = min(count, 8) if getattr(teacher, "latent_ndim", 4) == 5 else count
+    z = random_latents(teacher, count, side, side, frames)
+    return z, f"{count} random N(0, 1) latents of {tuple(z.shape[1:])} (pass --calib for real-weight teachers)"

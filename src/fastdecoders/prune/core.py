@@ -6,7 +6,6 @@ The student is a normal decoder (a TAE with narrower ``widths``, or a diffusers 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,8 +16,11 @@ from fastdecoders.errors import FastDecodersError
 from fastdecoders.models import Decoder, TAEDecoder
 from fastdecoders.models.fileformat import load_strict
 from fastdecoders.progress import progress
+from fastdecoders.prune.diffusers_vae import as_teacher, vae_prune_setup
 from fastdecoders.prune.plan import METHODS, Plan, Stats, calibrate, choose, student_state
 from fastdecoders.prune.plan import refine as refine_layers
+from fastdecoders.prune.tae import tae_plan, tae_stages, tae_student
+from fastdecoders.prune.widths import parse_keep, pruned_width, stage_keeps
 
 
 @dataclass
@@ -35,42 +37,6 @@ class PruneResult:
     notes: list[str] = field(default_factory=list)
     #: the calibration statistics (None for plain magnitude slicing); pass to the next ``prune`` of a sweep.
     stats: Stats | None = None
-
-
-def parse_keep(keep: float | str | Sequence[float]) -> tuple[float, ...]:
-    """``0.5`` / ``"0.5"`` -> (0.5,); ``"1,0.5,0.125"`` -> per stage, latent side first. Each in (0, 1]."""
-    if isinstance(keep, str):
-        try:
-            values = tuple(float(v) for v in keep.replace("/", ",").split(",") if v.strip())
-        except ValueError:
-            raise FastDecodersError(f"--keep takes a ratio or comma-separated ratios per stage, got {keep!r}") from None
-    elif isinstance(keep, (int, float)):
-        values = (float(keep),)
-    else:
-        values = tuple(float(v) for v in keep)
-    if not values or not all(0 < v <= 1 for v in values):
-        raise FastDecodersError(f"keep ratios must lie in (0, 1], got {keep!r}")
-    return values
-
-
-def stage_keeps(keep: Sequence[float], stages: int) -> tuple[float, ...]:
-    if len(keep) == 1:
-        return tuple(keep) * stages
-    if len(keep) != stages:
-        raise FastDecodersError(f"this decoder has {stages} stages (latent side first); got {len(keep)} keep ratios")
-    return tuple(keep)
-
-
-def pruned_width(width: int, keep: float, multiple: int = 8, divisor: int = 1) -> int:
-    """``width · keep`` rounded to a multiple of ``multiple`` (GPU-friendly) and of ``divisor`` (norm groups).
-
-    Small results fall back to multiples of ``divisor`` alone, so tiny test decoders can still be pruned."""
-    if keep >= 1:
-        return width
-    target = width * keep
-    step = math.lcm(multiple, divisor) if target >= multiple else divisor
-    w = max(step, round(target / step) * step)
-    return min(w, width)
 
 
 def prune(
@@ -104,15 +70,11 @@ def prune(
     keeps = parse_keep(keep)
     teacher = teacher.eval()
     if isinstance(teacher, TAEDecoder):
-        from fastdecoders.prune.tae import tae_plan, tae_stages, tae_student
-
         per_stage = stage_keeps(keeps, tae_stages(teacher.config))
         teacher_widths = tuple(teacher.config.widths)
         widths = tuple(pruned_width(w, k, multiple) for w, k in zip(teacher_widths, per_stage, strict=True))
         plan, student, notes = tae_plan(teacher, widths), tae_student(teacher, widths), []
     else:
-        from fastdecoders.prune.diffusers_vae import as_teacher, vae_prune_setup
-
         teacher = as_teacher(teacher).eval()
         setup = vae_prune_setup(teacher.vae, keeps, multiple)
         per_stage, teacher_widths, widths = setup.keep, setup.teacher_widths, setup.widths

@@ -29,6 +29,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.diffusers_vae import DiffusersVAEConfig, DiffusersVAEDecoder, vae_kwargs
 from fastdecoders.prune.plan import Plan, Projection, Space, attention_rescale, chain
+from fastdecoders.prune.widths import pruned_width, stage_keeps
 
 #: the diffusers VAE classes whose decoders prune knows how to narrow
 PRUNABLE = ("AutoencoderKL", "AutoencoderKLWan", "AutoencoderKLLTXVideo")
@@ -118,8 +119,6 @@ def diffusers_folder_teacher(folder: str, latent_space: str | None) -> Diffusers
 
 
 def vae_prune_setup(vae: nn.Module, keeps: Sequence[float], multiple: int = 8) -> VAESetup:
-    from fastdecoders.prune.core import stage_keeps
-
     name = type(vae).__name__
     builder = {"AutoencoderKL": _kl, "AutoencoderKLWan": _wan, "AutoencoderKLLTXVideo": _ltx}[name]
     return builder(vae, keeps, multiple, stage_keeps)
@@ -129,8 +128,6 @@ def vae_prune_setup(vae: nn.Module, keeps: Sequence[float], multiple: int = 8) -
 
 
 def _widths(teacher: Sequence[int], keeps, multiple: int, divisor: int) -> tuple[int, ...]:
-    from fastdecoders.prune.core import pruned_width
-
     return tuple(pruned_width(w, k, multiple, divisor) for w, k in zip(teacher, keeps, strict=True))
 
 

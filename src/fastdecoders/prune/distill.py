@@ -4,8 +4,8 @@ A recipe (``configs/flash-vaed-*.yaml``) is a training config (``fastdecoders.tr
 train, log) plus a ``prune`` section: how the student is made: ``teacher`` (default: ``teacher.decoder``), ``keep``
 (a ratio or per-stage ratios), ``method``, ``fold``, calibration (``calib`` photos / ``calib_count`` /
 ``calib_size``, or random latents for random-weight teachers) and video operator swaps (``sep3d_stages``,
-``frame2d_stages``). The driver prunes, registers the student under its own name (``register_student``, so the
-trainer builds it like any registered decoder) and trains it from the pruned weights. The schedule is either
+``frame2d_stages``). The driver prunes, saves the student (a file names its own architecture and config) and
+trains that file (``student.name: null``, ``student.init``: the pruned weights). The schedule is either
 
 * the trainer's own (**one run**): ``loss.phases`` with ``until_step`` bounds, e.g. phase 1 ``feature`` (+ a little
   ``distill``), phase 2 ``pixel + distill + perceptual``, phase 3 the same ``+ adversarial``; ``loss.features:
@@ -36,6 +36,12 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.fileformat import save_decoder
+from fastdecoders.prune.calib import calibration_latents
+from fastdecoders.prune.core import decoder_parameters, prune
+from fastdecoders.prune.ops import default_stages, swap_operators
+from fastdecoders.prune.source import load_source
+from fastdecoders.prune.widths import parse_keep
+from fastdecoders.weights import load_decoder
 
 PRUNE_KEYS = {"teacher", "keep", "method", "fold", "multiple", "calib", "calib_count", "calib_size", "calib_frames",
               "calib_latents", "sep3d_stages", "frame2d_stages", "latents", "random_init"}  # fmt: skip
@@ -117,7 +123,7 @@ def parse_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
     return recipe
 
 
-def _student(values: dict[str, Any], name: str, init: str | None) -> dict[str, Any]:
+def _student(values: dict[str, Any], name: str | None, init: str | None) -> dict[str, Any]:
     values = copy.deepcopy(values)
     values["student"] = {"name": name, "init": init}
     return values
@@ -142,7 +148,7 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(read_yaml(path), str(path))
 
 
-def phase_config(recipe: Recipe, phase: Phase, student: str, init: str | None) -> dict[str, Any]:
+def phase_config(recipe: Recipe, phase: Phase, student: str | None, init: str | None) -> dict[str, Any]:
     """The trainer config (plain data) of a trainer phase: the recipe's sections, the phase's loss weights and
     steps, the student and its starting weights."""
     values = copy.deepcopy(recipe.train_sections)
@@ -184,34 +190,12 @@ def phase_steps(text: str | None, recipe: Recipe) -> None:
     sections["train"] = {**(sections.get("train") or {}), "steps": bound}
 
 
-# -- the registered student ------------------------------------------------------------------------------------------
-
-
-def register_student(student: nn.Module, name: str) -> str:
-    """Register ``student``'s architecture and config under ``name`` (a suffix is added when the name is taken by a
-    different config), so that the trainer builds it like any registered decoder; the name used."""
-    from fastdecoders.registry import DecoderSpec, get_spec, is_registered, register
-
-    candidate, n = name, 1
-    while is_registered(candidate):
-        spec = get_spec(candidate)
-        if spec.arch == student.arch and spec.config == student.config:
-            return candidate
-        n += 1
-        candidate = f"{name}-{n}"
-    register(DecoderSpec(candidate, student.arch, student.config, student.latent_space_name, student.config,
-                         description="a pruned decoder (fastdecoders prune)"))  # fmt: skip
-    return candidate
-
-
 # -- phase 1: feature alignment --------------------------------------------------------------------------------------
 
 
 def feature_points(decoder: nn.Module) -> list[str]:
     """Module paths whose outputs are aligned: the last module with weights of every stage but the output head
     (latent side first; a TAE stage's last ResBlock, before its parameter-free upsampler)."""
-    from fastdecoders.prune.ops import default_stages
-
     stages = [paths for paths in default_stages(decoder).values() if paths]
     points = []
     for paths in stages[:-1]:
@@ -350,18 +334,6 @@ def _pair_teacher_names(values: dict[str, Any], points: Sequence[str], points_t:
             pair["teacher"] = rename[pair["teacher"]]
 
 
-def _prune_args(recipe: Recipe, device: str, weights_dir: str | None) -> Any:
-    import argparse
-
-    p, teacher_cfg = recipe.prune, recipe.train_sections.get("teacher") or {}
-    return argparse.Namespace(
-        teacher=p.get("teacher", teacher_cfg.get("decoder")), latents=p.get("latents", teacher_cfg.get("latents")),
-        weights_dir=weights_dir or teacher_cfg.get("weights_dir"), random_init=bool(p.get("random_init", False)),
-        calib=p.get("calib"), calib_latents=p.get("calib_latents"), calib_count=int(p.get("calib_count", 32)),
-        calib_size=int(p.get("calib_size", 256)), calib_frames=int(p.get("calib_frames", 3)), device=device,
-    )  # fmt: skip
-
-
 def _stage_list(value: Any) -> tuple[int, ...]:
     if value is None:
         return ()
@@ -374,36 +346,39 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "cpu", weights_dir
                log_every: int = 0) -> dict[str, Any]:  # fmt: skip
     """Prune, then run every phase in order; writes ``OUT/pruned.safetensors``, ``OUT/<i>-<name>/model.safetensors``
     per phase and ``OUT/result.json``. Returns the summary (the final model under ``checkpoint``)."""
-    from fastdecoders.prune.cli import calibration_latents, load_teacher
-    from fastdecoders.prune.core import decoder_parameters, parse_keep, prune
     from fastdecoders.train import config_from_dict, train
-    from fastdecoders.weights import load_decoder
 
     out = Path(out)
-    args = _prune_args(recipe, device, weights_dir)
-    if args.teacher is None:
+    p, teacher_cfg = recipe.prune, recipe.train_sections.get("teacher") or {}
+    source = p.get("teacher", teacher_cfg.get("decoder"))
+    weights_dir = weights_dir or teacher_cfg.get("weights_dir")
+    if source is None:
         raise FastDecodersError(f"{recipe.source}: expected prune.teacher or teacher.decoder, got neither")
-    teacher = load_teacher(args.teacher, args.latents, args.weights_dir, args.random_init, device, torch.float32)
+    teacher = load_source(source, p.get("latents", teacher_cfg.get("latents")), weights_dir,
+                          bool(p.get("random_init", False)), device, torch.float32)  # fmt: skip
     if getattr(teacher, "latent_space_name", None) is None:
-        raise FastDecodersError(f"{args.teacher}: expected a known latent space, got none; set prune.latents")
-    latents, calib_note = calibration_latents(args, teacher)
+        raise FastDecodersError(f"{source}: expected a known latent space, got none; set prune.latents")
+    latents, calib_note = calibration_latents(
+        teacher, latents_path=p.get("calib_latents"), photos=p.get("calib"), count=int(p.get("calib_count", 32)),
+        size=int(p.get("calib_size", 256)), frames=int(p.get("calib_frames", 3)), weights_dir=weights_dir,
+        device=device,
+    )  # fmt: skip
     keep = parse_keep(recipe.prune["keep"])
-    p = recipe.prune
     result = prune(teacher, keep, latents, method=p.get("method", "independent"), fold=bool(p.get("fold", True)),
                    multiple=int(p.get("multiple", 8)))  # fmt: skip
     student = result.student
     sep3d, frame2d = _stage_list(p.get("sep3d_stages")), _stage_list(p.get("frame2d_stages"))
     if sep3d or frame2d:
-        from fastdecoders.prune.ops import swap_operators
-
         student = swap_operators(student, sep3d, frame2d)
-    base = (getattr(teacher, "registry_name", None) or Path(str(args.teacher)).stem).replace("random:", "")
+    base = (getattr(teacher, "registry_name", None) or Path(str(source)).stem).replace("random:", "")
     student.latent_space_name = teacher.latent_space_name
-    student.registry_name = register_student(student, f"{base}-flash-vaed-keep{'-'.join(f'{k:g}' for k in keep)}")
-    current = save_decoder(student, out / "pruned.safetensors", extra={"pruned_from": str(args.teacher),
+    # the student is its file (name saved in it): every trainer phase starts from the previous file, never from a
+    # registry entry, so nothing is registered at run time
+    student.registry_name = f"{base}-flash-vaed-keep{'-'.join(f'{k:g}' for k in keep)}"
+    current = save_decoder(student, out / "pruned.safetensors", extra={"pruned_from": str(source),
                                                                        "keep": list(keep)})  # fmt: skip
     summary: dict[str, Any] = {
-        "teacher": str(args.teacher), "student": student.registry_name, "keep": list(result.keep),
+        "teacher": str(source), "student": student.registry_name, "keep": list(result.keep),
         "widths": {"teacher": list(result.teacher_widths), "student": list(result.student_widths)},
         "params": [decoder_parameters(teacher), decoder_parameters(student)], "calibration": calib_note,
         "pruned": current, "phases": [],
@@ -411,7 +386,7 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "cpu", weights_dir
     points = feature_points(teacher)
     points_t = [p.removeprefix("vae.") for p in points]  # the trainer's diffusers teacher is the bare VAE
     if not recipe.phases:  # the trainer's own schedule: one run
-        values = _student(recipe.train_sections, student.registry_name, current)
+        values = _student(recipe.train_sections, None, current)
         values = _with_features(values, points)
         _pair_teacher_names(values, points, points_t)
         values["data"] = {"cache_dir": str(out / "cache"), **(values.get("data") or {})}
@@ -434,7 +409,7 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "cpu", weights_dir
             summary["phases"].append({"name": phase.name, "kind": "align", "loss": phase.loss, "model": current,
                                       **{k: v for k, v in info.items() if k != "points"}})  # fmt: skip
             continue
-        values = _with_features(phase_config(recipe, phase, student.registry_name, current), points)
+        values = _with_features(phase_config(recipe, phase, None, current), points)
         _pair_teacher_names(values, points, points_t)
         values["data"] = {"cache_dir": str(out / "cache"), **(values.get("data") or {})}  # phases share one cache
         cfg = config_from_dict(values, f"{recipe.source} phase {phase.name}")

@@ -13,7 +13,6 @@ fold, e.g. ``magnitude+fold`` isolates the selection rule.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +23,11 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.io import atomic_path
+from fastdecoders.latents import to_01
 from fastdecoders.models.fileformat import save_decoder
 from fastdecoders.progress import progress
+from fastdecoders.prune.core import decoder_parameters, prune
 from fastdecoders.prune.plan import METHODS
 
 
@@ -64,7 +66,6 @@ def _run(decoder: nn.Module, latents: torch.Tensor, batch_size: int) -> torch.Te
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean PSNR (dB) of outputs in [-1, 1] (video frames folded into the batch), both clamped."""
     from fastdecoders.eval.metrics import psnr
-    from fastdecoders.latents import to_01
 
     if a.ndim == 5:
         a, b = a.transpose(1, 2).flatten(0, 1), b.transpose(1, 2).flatten(0, 1)
@@ -122,8 +123,6 @@ def pareto(
     Returns ``{"teacher": {...}, "points": [{"label", "keep", "method", "fold", "widths", "params", "ms", "ms_median",
     "speedup", "psnr", "retention", "psnr_vs_teacher", "checkpoint"}], "runs", "bench_shape", "eval_count"}``.
     """
-    from fastdecoders.prune.core import decoder_parameters, prune
-
     ref = _run(teacher, eval_latents, batch_size)
     t_psnr = _psnr(ref, photos01 * 2 - 1) if photos01 is not None else None
     t_ms, t_median = _time_ms(teacher, bench_latents, runs)
@@ -213,7 +212,6 @@ def plot_pareto(result: dict[str, Any], out: str | Path, title: str = "") -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fastdecoders.io import atomic_path
 
     use_retention = result["teacher"]["psnr"] is not None
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
@@ -240,8 +238,6 @@ def plot_pareto(result: dict[str, Any], out: str | Path, title: str = "") -> Pat
 
 def write_report(result: dict[str, Any], out_dir: str | Path, title: str = "") -> dict[str, str]:
     """``pareto.json``, ``pareto.md`` and ``pareto.png`` in ``out_dir``; their paths."""
-    from fastdecoders.io import atomic_path
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "pareto.json", "table": out_dir / "pareto.md"}
@@ -251,44 +247,3 @@ def write_report(result: dict[str, Any], out_dir: str | Path, title: str = "") -
         Path(tmp).write_text(render_pareto(result) + "\n")
     paths["plot"] = plot_pareto(result, out_dir / "pareto.png", title)
     return {k: str(v) for k, v in paths.items()}
-
-
-def pareto_from_args(args: argparse.Namespace, teacher: nn.Module) -> dict[str, Any]:
-    """``fastdecoders prune TEACHER --pareto 0.75,0.5,0.25 -o DIR``: the sweep, its files, and the result."""
-    from fastdecoders.latents import get_latent_space
-    from fastdecoders.prune.calib import encode_photos, load_photos, random_latents
-    from fastdecoders.prune.cli import calibration_latents
-    from fastdecoders.prune.core import parse_keep
-    from fastdecoders.weights import load_decoder
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    keeps = parse_keep(args.pareto)
-    variants = parse_methods(args.methods)
-    space = get_latent_space(teacher.latent_space_name)
-    video = getattr(teacher, "latent_ndim", 4) == 5
-    dtype = next(teacher.parameters()).dtype
-    calib, _ = calibration_latents(args, teacher)
-    photos = None
-    if args.eval_images and not video:
-        photos = load_photos(args.eval_images, args.eval_count, args.eval_size)
-        eval_latents = encode_photos(photos, space.name, args.weights_dir, args.device)
-    else:
-        side = max(1, args.eval_size // space.spatial_factor)
-        count = min(args.eval_count, 4) if video else args.eval_count
-        eval_latents = random_latents(teacher, count, side, side, args.calib_frames, seed=1)  # not the calib draw
-    bench_px = args.bench_size or (args.eval_size if not video else 128)
-    side = max(1, bench_px // space.spatial_factor)
-    bench = random_latents(teacher, 1, side, side, args.calib_frames, seed=2)
-    extra = {}
-    for item in args.extra:
-        label, _, path = item.partition("=")
-        if not path:
-            raise FastDecodersError(f"--extra expects LABEL=PATH, got {item!r}")
-        extra[label] = load_decoder(path, weights_dir=args.weights_dir).to(args.device, dtype)
-    result = pareto(teacher, keeps, variants, calib.to(args.device, dtype), eval_latents.to(args.device, dtype),
-                    bench.to(args.device, dtype), photos, args.out, extra, multiple=args.multiple,
-                    batch_size=args.batch_size, runs=args.runs)  # fmt: skip
-    result["teacher"]["name"] = str(args.teacher)
-    result["files"] = write_report(result, args.out, f"{args.teacher}: pruning without fine-tuning")
-    return result

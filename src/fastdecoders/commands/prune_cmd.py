@@ -19,7 +19,16 @@ import torch
 
 from fastdecoders.commands import add_device, add_weights_dir, format_table
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.latents import get_latent_space
 from fastdecoders.models.fileformat import save_decoder
+from fastdecoders.prune import report
+from fastdecoders.prune.calib import calibration_latents, encode_photos, load_photos, random_latents
+from fastdecoders.prune.core import decoder_parameters, prune
+from fastdecoders.prune.distill import load_recipe, phase_steps, run_recipe
+from fastdecoders.prune.ops import swap_operators
+from fastdecoders.prune.source import load_source
+from fastdecoders.prune.widths import parse_keep
+from fastdecoders.weights import load_decoder
 
 
 def _stages(text: str | None) -> tuple[int, ...]:
@@ -87,69 +96,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device(parser)
 
 
-def load_teacher(spec: str, latents: str | None, weights_dir, random_init: bool, device: str, dtype) -> Any:
-    """A teacher decoder from a registry name / weights path, a diffusers VAE folder, or ``random:SPACE``."""
-    from fastdecoders.prune.diffusers_vae import diffusers_folder_teacher, reference_teacher
-    from fastdecoders.weights import load_decoder
-
-    if spec.startswith("random:"):
-        teacher = reference_teacher(spec[len("random:") :])
-    elif (Path(spec) / "config.json").is_file() and not (Path(spec) / "model.safetensors").is_file():
-        teacher = diffusers_folder_teacher(spec, latents)
-    else:
-        teacher = load_decoder(spec, latents=latents, weights_dir=weights_dir, pretrained=not random_init)
-    return teacher.to(device=device, dtype=dtype).eval()
-
-
-def calibration_latents(args: argparse.Namespace, teacher) -> tuple[torch.Tensor, str]:
-    from fastdecoders.latents import get_latent_space
-    from fastdecoders.prune.calib import encode_photos, latents_file, load_photos, random_latents
-
-    if args.calib_latents:
-        return latents_file(args.calib_latents, teacher), f"latents file {args.calib_latents}"
-    space = get_latent_space(teacher.latent_space_name)
-    if args.calib:
-        if getattr(teacher, "latent_ndim", 4) != 4:
-            raise FastDecodersError("--calib photos calibrate image decoders; give video decoders --calib-latents")
-        photos = load_photos(args.calib, args.calib_count, args.calib_size)
-        return encode_photos(photos, space.name, args.weights_dir, args.device), (
-            f"{len(photos)} photos of {args.calib} at {args.calib_size}²"
-        )
-    side = max(1, args.calib_size // space.spatial_factor)
-    count = min(args.calib_count, 8) if getattr(teacher, "latent_ndim", 4) == 5 else args.calib_count
-    z = random_latents(teacher, count, side, side, args.calib_frames)
-    return z, f"{count} random N(0, 1) latents of {tuple(z.shape[1:])} (pass --calib for real-weight teachers)"
+def _calibration(args: argparse.Namespace, teacher) -> tuple[torch.Tensor, str]:
+    return calibration_latents(teacher, latents_path=args.calib_latents, photos=args.calib, count=args.calib_count,
+                               size=args.calib_size, frames=args.calib_frames, weights_dir=args.weights_dir,
+                               device=args.device)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> dict:
-    from fastdecoders.prune.core import decoder_parameters, parse_keep, prune
-
     if str(args.teacher).endswith((".yaml", ".yml")):
-        from fastdecoders.prune.distill import load_recipe, phase_steps, run_recipe
-
         recipe = load_recipe(args.teacher)
         phase_steps(args.phase_steps, recipe)
         return run_recipe(recipe, args.out, args.device, args.weights_dir)
     dtype = getattr(torch, args.dtype)
-    teacher = load_teacher(args.teacher, args.latents, args.weights_dir, args.random_init, args.device, dtype)
+    teacher = load_source(args.teacher, args.latents, args.weights_dir, args.random_init, args.device, dtype)
     if getattr(teacher, "latent_space_name", None) is None:
         raise FastDecodersError(f"{args.teacher}: unknown latent space; pass --latents")
     if args.pareto:
-        from fastdecoders.prune.report import pareto_from_args
-
-        return pareto_from_args(args, teacher)
+        return _pareto(args, teacher)
     keep = parse_keep(args.keep)
     sep3d, frame2d = _stages(args.sep3d_stages), _stages(args.frame2d_stages)
     if (sep3d or frame2d) and getattr(teacher, "latent_ndim", 4) != 5:
         raise FastDecodersError(f"expected a video teacher (Wan, LTX diffusers-vae) for operator swaps, got "
                                 f"{type(teacher).__name__}")  # fmt: skip
-    latents, calib_note = calibration_latents(args, teacher)
+    latents, calib_note = _calibration(args, teacher)
     result = prune(teacher, keep, latents.to(args.device, dtype), method=args.method, fold=not args.no_fold,
                    multiple=args.multiple, batch_size=args.batch_size, refine=args.refine)  # fmt: skip
     student = result.student
     if sep3d or frame2d:
-        from fastdecoders.prune.ops import swap_operators
-
         student = swap_operators(student, sep3d, frame2d)
     base = getattr(teacher, "registry_name", None) or Path(str(args.teacher)).stem
     name = f"{base.replace('random:', '')}-keep{_keep_label(keep)}-{args.method}"
@@ -186,9 +159,7 @@ def render(result: dict) -> str:
         head = f"{result['teacher']} -> {result['student']} (widths {result['widths']['student']})\n"
         return head + format_table(["phase", "kind", "loss", "model"], rows)
     if "points" in result:
-        from fastdecoders.prune.report import render_pareto
-
-        return render_pareto(result)
+        return report.render_pareto(result)
     params = result["params"]
     rows = [
         ["teacher", result["teacher"]],
@@ -203,3 +174,38 @@ def render(result: dict) -> str:
     ]
     text = format_table(["", ""], rows)
     return text + "".join(f"\nnote: {n}" for n in result["notes"])
+
+
+def _pareto(args: argparse.Namespace, teacher: torch.nn.Module) -> dict[str, Any]:
+    """``fastdecoders prune TEACHER --pareto 0.75,0.5,0.25 -o DIR``: the sweep, its files, and the result."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keeps = parse_keep(args.pareto)
+    variants = report.parse_methods(args.methods)
+    space = get_latent_space(teacher.latent_space_name)
+    video = getattr(teacher, "latent_ndim", 4) == 5
+    dtype = next(teacher.parameters()).dtype
+    calib, _ = _calibration(args, teacher)
+    photos = None
+    if args.eval_images and not video:
+        photos = load_photos(args.eval_images, args.eval_count, args.eval_size)
+        eval_latents = encode_photos(photos, space.name, args.weights_dir, args.device)
+    else:
+        side = max(1, args.eval_size // space.spatial_factor)
+        count = min(args.eval_count, 4) if video else args.eval_count
+        eval_latents = random_latents(teacher, count, side, side, args.calib_frames, seed=1)  # not the calib draw
+    bench_px = args.bench_size or (args.eval_size if not video else 128)
+    side = max(1, bench_px // space.spatial_factor)
+    bench = random_latents(teacher, 1, side, side, args.calib_frames, seed=2)
+    extra = {}
+    for item in args.extra:
+        label, _, path = item.partition("=")
+        if not path:
+            raise FastDecodersError(f"--extra expects LABEL=PATH, got {item!r}")
+        extra[label] = load_decoder(path, weights_dir=args.weights_dir).to(args.device, dtype)
+    result = report.pareto(teacher, keeps, variants, calib.to(args.device, dtype), eval_latents.to(args.device, dtype),
+                    bench.to(args.device, dtype), photos, args.out, extra, multiple=args.multiple,
+                    batch_size=args.batch_size, runs=args.runs)  # fmt: skip
+    result["teacher"]["name"] = str(args.teacher)
+    result["files"] = report.write_report(result, args.out, f"{args.teacher}: pruning without fine-tuning")
+    return result
