@@ -213,6 +213,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+DEAD_RANK = """
+import os, signal, sys
+from fastdecoders.cli import main
+from fastdecoders.train.data import Batches
+
+original = Batches.batch
+
+def batch(self, step):
+    if step == 4 and os.environ["RANK"] == "1":  # process 1's machine is gone: no exception, no clean-up
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, step)
+
+Batches.batch = batch
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_rank_that_dies_is_one_error_line_on_the_others(reference, root):
+    """Issue 9 section 3: when one DDP process dies, the others do not print a gloo traceback: one line says what
+    happened and how to resume (from the step-3 checkpoint here), and the exit code is 2."""
+    import yaml
+
+    values = copy.deepcopy(reference[0])
+    values["log"]["tensorboard"] = False
+    config = root / "dead-rank.yaml"
+    config.write_text(yaml.safe_dump(values))
+    port, procs = _free_port(), []
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, "-c", DEAD_RANK, "train", str(config), "-o",
+                                       str(root / "dead-rank")], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+    try:
+        (_, err0), _ = (p.communicate(timeout=300) for p in procs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[1].returncode == -signal.SIGKILL
+    assert procs[0].returncode == 2, err0[-3000:]
+    assert "Traceback" not in err0, err0[-3000:]
+    errors = [line for line in err0.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("fastdecoders train: error: distributed training: process 0 "
+                                                     "of 2 lost contact with another process"), err0[-3000:]
+    assert f"restart every process with --resume to continue from {root / 'dead-rank'}" in errors[0]
+    assert errors[0].endswith("step_0000003.pt")
+
+
 def _ddp_worker(rank: int, world: int, port: int, values: dict, out: str, results: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))  # fmt: skip

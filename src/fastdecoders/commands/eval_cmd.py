@@ -8,8 +8,10 @@ so running the same command again after an interruption resumes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from fastdecoders.commands import add_device, add_weights_dir, format_table
+from fastdecoders.config import from_dict
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.eval.evaluate import ALL_METRICS, EvalConfig, evaluate
 from fastdecoders.eval.features import VideoFeatures
@@ -78,9 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="encode with this diffusers VAE folder instead of the family's tiny encoder",
     )
-    parser.add_argument(
-        "--latents-space", dest="space", default=None, help="latent space of decoder files that do not say"
-    )
+    parser.add_argument("--latents-space", default=None, help="latent space of decoder files that do not say")
     parser.add_argument("--cache", default=None, help="cache folder; without it: OUT/cache")
     parser.add_argument("--no-resume", action="store_true", help="recompute everything (the cache is rewritten)")
     parser.add_argument("--grids", type=int, default=4, help="inputs shown side by side in the report")
@@ -100,35 +100,10 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         value = getattr(args, flag)
         if value is not None and value < (0 if flag == "grids" else 1):
             raise FastDecodersError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    return EvalConfig(
-        kind=kind,
-        source=args.images or args.videos or args.latents,
-        out=args.out,
-        teacher=args.teacher,
-        size=args.size,
-        limit=args.limit,
-        clip_length=args.clip_length,
-        frame_step=args.frame_step,
-        clips_per_video=args.clips_per_video,
-        metrics=metrics,
-        lpips_weights=args.lpips_weights,
-        fvd_net=args.fvd_net,
-        fvd_frames=args.fvd_frames,
-        fvd_size=args.fvd_size,
-        fvd_range=args.fvd_range,
-        fid_frames=args.fid_frames,
-        vae=args.vae,
-        latents_space=args.space,
-        weights_dir=args.weights_dir,
-        device=args.device,
-        dtype=args.dtype,
-        cache=args.cache,
-        resume=not args.no_resume,
-        grid_count=args.grids,
-        crop_size=args.crop_size,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-    )
+    renamed = {"kind": kind, "source": args.images or args.videos or args.latents, "metrics": metrics,
+               "grid_count": args.grids, "resume": not args.no_resume, "progress": not args.no_progress}  # fmt: skip
+    same = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig) if hasattr(args, f.name)}
+    return from_dict(EvalConfig, {**same, **renamed}, "eval")
 
 
 def run(args: argparse.Namespace) -> dict:
