@@ -1,11 +1,14 @@
 """Throughput of a batch decode job: the bare decoder loop vs the embedded engine vs Ray Data with 1 and 2 workers.
 
-Random sdxl latents (``--items`` at ``--side`` pixels, shards of ``--shard-items``) decoded to PNG by a real decoder
-(default taesdxl) with the same batch size and torch threads per decoder everywhere. The bare loop decodes the same
-batches from memory and writes nothing; it runs first and last (the machine's drift shows as their difference).
-Prints one JSON document: per mode items/s over the whole job, steady items/s (first file to last), time to first
-item, overhead per item against the bare loop, and Ray's scaling efficiency (2 workers vs 1). ``--photo`` also
-times writing one photo as PNG/JPEG/WebP at ``--write-side`` (the CPU cost per item that a GPU job must hide).
+Random latents of the decoder's latent space (``--items`` at ``--side`` output pixels, shards of ``--shard-items``)
+decoded to PNG by a real decoder (default taesdxl; a registry name or a weights file) with the same batch size and
+torch threads per decoder everywhere. The bare loop decodes the same batches from memory and writes nothing (over the
+first ``--bare-items`` items, default all); put it first and last in ``--modes`` (the machine's drift shows as their
+difference). Modes may repeat (interleaved runs). Prints one JSON line per mode as it finishes (with the load
+average before and after it) and one JSON document at the end: per mode items/s over the whole job, steady items/s
+(first file to last), time to first item, overhead per item against the bare loop, and Ray's scaling efficiency
+(2 workers vs 1). ``--photo`` also times writing one photo as PNG/JPEG/WebP at ``--write-side`` (the CPU cost per
+item that a GPU job must hide).
 
     python benchmarks/batch_throughput.py --weights-dir ../shared/weights/taesd --items 2000 --side 256
 """
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -26,22 +30,34 @@ from fastdecoders.batch.embedded import bare_throughput
 from fastdecoders.batch.job import DecodeJob, run_decode_job
 from fastdecoders.batch.plan import make_plan
 from fastdecoders.batch.worker import DecoderArgs, DecodeWorker
+from fastdecoders.latents import get_latent_space
 from fastdecoders.shards import Shard, list_shards, write_shard
 
 
-def make_inputs(folder: Path, items: int, side: int, shard_items: int) -> None:
+def latent_shape(decoder: DecodeWorker, side: int) -> tuple[int, int, int]:
+    """(C, h, w) of one item that the decoder turns into a side x side image."""
+    space = get_latent_space(decoder.decoder.latent_space_name)
+    return space.channels, side // space.spatial_factor, side // space.spatial_factor
+
+
+def make_inputs(folder: Path, items: int, shape: tuple[int, int, int], shard_items: int) -> None:
     g = torch.Generator().manual_seed(0)
     for k, start in enumerate(range(0, items, shard_items)):
         n = min(shard_items, items - start)
-        z = torch.randn(n, 4, side // 8, side // 8, generator=g)
+        z = torch.randn(n, *shape, generator=g)
         write_shard(folder / f"shard-{k:05d}.safetensors", Shard(z, [f"{start + i:06d}" for i in range(n)]))
 
 
-def bare(args, folder: Path, decoder: DecoderArgs) -> dict:
+def bare(args, folder: Path, worker: DecodeWorker, shape: tuple[int, int, int]) -> dict:
     plan = make_plan(list_shards([folder]), folder / "unused", "png", args.batch_size, {}, resume=False)
-    worker = DecodeWorker(decoder)
-    worker.decode(torch.randn(args.batch_size, 4, args.side // 8, args.side // 8))  # warm-up
-    items, seconds = bare_throughput(plan.units, worker)
+    units, count = [], 0
+    for unit in plan.units:
+        if args.bare_items and count >= args.bare_items:
+            break
+        units.append(unit)
+        count += len(unit.ids)
+    worker.decode(torch.randn(args.batch_size, *shape))  # warm-up
+    items, seconds = bare_throughput(units, worker)
     return {"items": items, "seconds": round(seconds, 3), "items_per_s": round(items / seconds, 3)}
 
 
@@ -75,6 +91,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per decoder (each Ray worker too)")
     parser.add_argument("--modes", default="bare,embedded,ray1,ray2,bare")
+    parser.add_argument("--bare-items", type=int, default=0, help="bare loop over this many items (0: all)")
+    parser.add_argument("--png-level", type=int, default=6, help="PNG zlib level of the jobs' files")
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
     parser.add_argument("--photo", default=None, help="also time PNG/JPEG/WebP writes of this photo at --write-side")
     parser.add_argument("--write-side", type=int, default=1024)
@@ -85,24 +103,29 @@ def main() -> None:
     decoder = DecoderArgs(args.decoder, weights_dir=args.weights_dir, threads=args.threads)
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": _machine(),
                      "load_before": os.getloadavg(), "args": vars(args), "modes": {}}  # fmt: skip
+    worker = DecodeWorker(decoder)  # the bare loop's decoder; the engines load their own
+    shape = latent_shape(worker, args.side)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
-        make_inputs(folder, args.items, args.side, args.shard_items)
+        make_inputs(folder, args.items, shape, args.shard_items)
         for n, mode in enumerate(args.modes.split(",")):
             key = f"{mode}#{n}"  # modes may repeat (interleaved runs show the machine's drift)
+            load = os.getloadavg()
             if mode == "bare":
-                results["modes"][key] = bare(args, folder, decoder)
+                results["modes"][key] = {**bare(args, folder, worker, shape), "load": [load, os.getloadavg()]}
                 print(json.dumps({key: results["modes"][key]}), flush=True)
                 continue
             out = Path(tmp) / mode
             ray = mode.startswith("ray")
             job = DecodeJob((str(folder),), str(out), decoder, batch_size=args.batch_size, progress=False,
                             engine="ray" if ray else "embedded", workers=int(mode[3:]) if ray else 1,
-                            cpus_per_worker=float(args.threads), num_cpus=args.num_cpus, resume=False)  # fmt: skip
+                            cpus_per_worker=float(args.threads), num_cpus=args.num_cpus, resume=False,
+                            png_level=args.png_level)  # fmt: skip
             summary = run_decode_job(job)
             keys = ("items", "written", "failed", "seconds", "items_per_s", "steady_items_per_s", "first_item_s",
                     "decoder_busy")
-            results["modes"][key] = {k: summary[k] for k in keys}
+            results["modes"][key] = {**{k: summary[k] for k in keys}, "load": [load, os.getloadavg()]}
+            shutil.rmtree(out)  # the next mode writes afresh (and the disk stays small)
             print(json.dumps({key: results["modes"][key]}), flush=True)
     bares = [v["items_per_s"] for k, v in results["modes"].items() if k.startswith("bare")]
     ref = sum(bares) / len(bares)
@@ -111,9 +134,12 @@ def main() -> None:
             rate = value["steady_items_per_s"] or value["items_per_s"]
             value["vs_bare"] = round(rate / ref, 3)
             value["overhead_ms_per_item"] = round(1000 * (1 / rate - 1 / ref), 2)
-    rays = {k.split("#")[0]: v for k, v in results["modes"].items() if k.startswith("ray")}
-    if "ray1" in rays and "ray2" in rays:
-        r1, r2 = (rays[m]["steady_items_per_s"] or rays[m]["items_per_s"] for m in ("ray1", "ray2"))
+    rates: dict[str, list[float]] = {}
+    for key, value in results["modes"].items():
+        if key.startswith("ray"):
+            rates.setdefault(key.split("#")[0], []).append(value["steady_items_per_s"] or value["items_per_s"])
+    if "ray1" in rates and "ray2" in rates:
+        r1, r2 = (sum(rates[m]) / len(rates[m]) for m in ("ray1", "ray2"))
         results["ray_scaling_efficiency"] = round(r2 / (2 * r1), 3)
     results["bare_items_per_s_mean"] = round(ref, 3)
     results["load_after"] = os.getloadavg()

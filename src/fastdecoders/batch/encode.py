@@ -114,19 +114,23 @@ def run_encode_job(job: EncodeJob) -> dict:
     manifest.open()
     bar = tqdm(total=sum(len(chunks[k]) for k in todo), desc=f"encode ({job.engine})", unit="file",
                disable=None if job.progress else True)  # fmt: skip
-    # per chunk still in work: its items' outcomes and how many of its units are still out
-    pending = {k: {"results": [None] * len(chunks[k]), "left": -(-len(chunks[k]) // job.batch_size)} for k in todo}
+    # per chunk still in work: its items' outcomes and the starts of its units still out
+    pending = {k: {"results": [None] * len(chunks[k]), "left": set()} for k in todo}
+    for u in units:
+        pending[u.chunk]["left"].add(u.start)
     state = {"written": 0, "shards": 0, "first_item": None}
 
     def finish(unit: EncodeUnit, results: list[Encoded]) -> None:
         """A unit is encoded (called on the driver, one unit at a time): keep it; a complete chunk is written."""
         if state["first_item"] is None:
             state["first_item"] = time.perf_counter() - started
-        chunk = pending[unit.chunk]
+        chunk = pending.get(unit.chunk)
+        if chunk is None or unit.start not in chunk["left"]:
+            return  # a batch delivered twice (an engine retrying after its result was sent): one copy is kept
         chunk["results"][unit.start : unit.start + len(results)] = results
-        chunk["left"] -= 1
+        chunk["left"].discard(unit.start)
         bar.update(len(results))
-        if chunk["left"] == 0:
+        if not chunk["left"]:
             outcomes = pending.pop(unit.chunk)["results"]
             rows, written = _write_chunk(job, out, unit.chunk, chunks[unit.chunk], outcomes, space.name)
             manifest.append(rows)
