@@ -16,6 +16,7 @@ import torch
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import atomic_dir
+from fastdecoders.latents import get_latent_space
 from fastdecoders.models import (
     ARCHITECTURES,
     Decoder,
@@ -36,7 +37,7 @@ from fastdecoders.models.fileformat import (
 )
 from fastdecoders.models.taehv import TAEHVDecoder, is_taehv_state_dict
 from fastdecoders.models.taehv import config_from_state_dict as taehv_config_from_state_dict
-from fastdecoders.registry import DecoderSpec, get_spec, is_registered, unknown_name_message
+from fastdecoders.registry import DecoderSpec, get_spec, is_registered, list_decoders, unknown_name_message
 
 WEIGHTS_ENV = "FASTDECODERS_WEIGHTS"
 #: config.json key of a converted AutoencoderTiny folder naming its latent space (diffusers ignores "_" keys)
@@ -74,6 +75,21 @@ def find_weights(stem: str, weights_dir: str | os.PathLike | None = None) -> Pat
             if candidate.is_file():
                 return candidate
     return None
+
+
+#: where files made in this repository live (``DecoderSpec.file``): ``weights/`` next to ``src/`` in a checkout or an
+#: editable install. A wheel does not carry them: copy the repository's ``weights/<folder>`` onto the weights path.
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "weights"
+
+
+def shipped_candidates(file: str, weights_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Where a shipped file (``DecoderSpec.file``, a relative path) is looked for, in order: the repository's
+    ``weights/``, then the same relative path under each folder of the weights search path."""
+    return [SHIPPED_DIR / file] + [folder / file for folder in search_dirs(weights_dir)]
+
+
+def find_shipped(file: str, weights_dir: str | os.PathLike | None = None) -> Path | None:
+    return next((p for p in shipped_candidates(file, weights_dir) if p.is_file()), None)
 
 
 def _looked_in(stem: str, weights_dir) -> str:
@@ -207,7 +223,7 @@ def _load_file(path: Path, weights_dir: str | os.PathLike | None = None) -> Deco
     header = read_header(metadata)
     if header is not None:
         if header.get("arch") == "switch":  # a dynamic switch: a gate plus the names of its two decoders
-            from fastdecoders.switching.file import load_switch
+            from fastdecoders.switching.file import load_switch  # lazy: switching loads its decoders through us
 
             return load_switch(path, header, state, weights_dir)
         decoder = decoder_from_header(header, ARCHITECTURES, str(path))
@@ -228,7 +244,6 @@ def _taehv_from_file(path: Path, state: dict[str, torch.Tensor]) -> Decoder:
     """An upstream TAEHV-family file: config from its shapes; latent space from its upstream file name if it has one
     (``taew2_1.pth``), else from its latent channels when only one family has that many."""
     decoder = TAEHVDecoder(taehv_config_from_state_dict(state, str(path)))
-    from fastdecoders.registry import list_decoders
 
     named = [get_spec(n) for n in list_decoders() if get_spec(n).arch == "taehv" and get_spec(n).weights == path.stem]
     if named:
@@ -259,7 +274,7 @@ def _load_path(path: Path, weights_dir: str | os.PathLike | None = None) -> Deco
 
 def _load_hub(repo_id: str, source_name: str | None = None) -> Decoder:
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # lazy: only users who are online need the hub client
 
         folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"])
     except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
@@ -289,6 +304,9 @@ def load_decoder(
     target = str(name_or_path)
     if is_registered(target):
         spec = get_spec(target)
+        if spec.composite and not pretrained:
+            raise FastDecodersError(f"{target} is a file made in this repository (a {spec.arch}), not an architecture "
+                                    f"to initialise at random; load it with its weights")  # fmt: skip
         decoder = _load_registered(spec, weights_dir) if pretrained else build_decoder(spec)
         decoder.latent_space_name, decoder.registry_name = spec.latents, spec.name
     elif Path(target).exists():
@@ -307,8 +325,6 @@ def load_decoder(
 def _with_space(decoder: Decoder, latents: str | None, target: str) -> Decoder:
     """``decoder`` told it reads ``latents`` (when given), which must have its number of channels."""
     if latents is not None:
-        from fastdecoders.latents import get_latent_space
-
         space = get_latent_space(latents)
         channels = getattr(decoder, "latent_channels", space.channels)
         if channels != space.channels:
@@ -326,6 +342,16 @@ def _load_registered(spec: DecoderSpec, weights_dir) -> Decoder:
             f"{spec.name} has no released weights; train it (fastdecoders train) and pass the model.safetensors it "
             f"writes instead of the name"
         )
+    if spec.file is not None:  # made in this repository: the file says its own config (and, for a switch, decoders)
+        path = find_shipped(spec.file, weights_dir)
+        if path is None:
+            looked = ", ".join(str(p) for p in shipped_candidates(spec.file, weights_dir))
+            raise FastDecodersError(f"weights for {spec.name} not found; looked for {looked}")
+        decoder = _load_file(path, weights_dir)
+        if decoder.arch != spec.arch or (spec.config is not None and decoder.config != spec.config):
+            raise FastDecodersError(f"{path}: expected the {spec.arch} decoder registered as {spec.name}, got a "
+                                    f"{decoder.arch} with config {decoder.config}")  # fmt: skip
+        return decoder
     path = find_weights(spec.weights, weights_dir) if spec.weights else None
     if path is not None:
         state, _ = read_state_dict(path)
@@ -361,7 +387,7 @@ def _load_published_vae(name: str, weights_dir: str | os.PathLike | None = None)
     if spec.hub_id is None:
         raise FastDecodersError(f"weights for {name}: expected a diffusers VAE folder at one of {looked}, found none")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # lazy: only users who are online need the hub client
 
         files = ["config.json", "diffusion_pytorch_model.safetensors"]
         folder = snapshot_download(spec.hub_id, allow_patterns=files + [f"vae/{f}" for f in files])
@@ -395,11 +421,12 @@ def load_encoder(
 
 def weights_status(weights_dir: str | os.PathLike | None = None) -> dict[str, str | None]:
     """For ``fastdecoders list``: each registered decoder's local weights file, or None."""
-    from fastdecoders.registry import list_decoders
-
     status = {}
-    for name in list_decoders():
+    for name in list_decoders(composites=True):
         spec = get_spec(name)
-        found = find_weights(spec.weights, weights_dir) if spec.weights else None
+        if spec.file is not None:
+            found = find_shipped(spec.file, weights_dir)
+        else:
+            found = find_weights(spec.weights, weights_dir) if spec.weights else None
         status[name] = str(found) if found else None
     return status

@@ -364,7 +364,6 @@ def teacher_for(latent_space: str) -> str | None:
 
 
 def _register_variants() -> None:
-    from fastdecoders.latents import get_latent_space
     for name, (space, vae_class, kwargs) in PUBLISHED.items():
         latents = get_latent_space(space)
         register(DecoderSpec(
