@@ -22,6 +22,7 @@ shortens every phase, for smoke tests).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastdecoders.config import from_dict, read_yaml
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.fileformat import save_decoder
 from fastdecoders.prune.calib import calibration_latents
@@ -43,9 +45,29 @@ from fastdecoders.prune.source import load_source
 from fastdecoders.prune.widths import parse_keep
 from fastdecoders.weights import load_decoder
 
-PRUNE_KEYS = {"teacher", "keep", "method", "fold", "multiple", "calib", "calib_count", "calib_size", "calib_frames",
-              "calib_latents", "sep3d_stages", "frame2d_stages", "latents", "random_init"}  # fmt: skip
-PHASE_KEYS = {"name", "steps", "lr", "loss", "batch_size"}
+
+@dataclass
+class PruneSection:
+    """The types of a recipe's ``prune`` section (checked by ``fastdecoders.config``); None: the driver's default
+    (``run_recipe``). ``recipe.prune`` stays the mapping as written."""
+
+    keep: float | list[float]
+    teacher: str | None = None
+    method: str | None = None
+    fold: bool | None = None
+    multiple: int | None = None
+    calib: str | None = None
+    calib_count: int | None = None
+    calib_size: int | None = None
+    calib_frames: int | None = None
+    calib_latents: str | None = None
+    sep3d_stages: int | list[int] | None = None
+    frame2d_stages: int | list[int] | None = None
+    latents: str | None = None
+    random_init: bool | None = None
+
+
+PRUNE_KEYS = {f.name for f in dataclasses.fields(PruneSection)}
 ALIGN_LOSS_KEYS = {"feature", "distill"}
 
 
@@ -83,6 +105,7 @@ def parse_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
     """A ``Recipe`` from YAML data, every phase's trainer config validated up front (one error, before any work)."""
     from fastdecoders.train.config import config_from_dict
 
+    phase_keys = {f.name for f in dataclasses.fields(Phase)}
     if not isinstance(values, dict):
         raise FastDecodersError(f"{source}: expected a mapping with prune/phases and trainer sections, got {values!r}")
     values = dict(values)
@@ -94,6 +117,7 @@ def parse_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
     if unknown:
         raise FastDecodersError(f"{source}: expected prune keys among {', '.join(sorted(PRUNE_KEYS))}, got "
                                 f"{', '.join(sorted(unknown))}")  # fmt: skip
+    from_dict(PruneSection, prune_cfg, f"{source}: prune")  # types: one line naming the key
     loss = values.get("loss") or {}
     if phases_raw is None and not (isinstance(loss, dict) and loss.get("phases")):
         raise FastDecodersError(f"{source}: expected a schedule (loss.phases, or a top-level phases list), got none")
@@ -101,14 +125,12 @@ def parse_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
         raise FastDecodersError(f"{source}: expected phases (a non-empty list), got {phases_raw!r}")
     phases = []
     for i, raw in enumerate(phases_raw or []):
-        if not isinstance(raw, dict) or set(raw) - PHASE_KEYS or "steps" not in raw or "loss" not in raw:
+        if not isinstance(raw, dict) or set(raw) - phase_keys or "steps" not in raw or "loss" not in raw:
             raise FastDecodersError(f"{source}: phase {i}: expected keys steps, loss (and name, lr, batch_size), "
                                     f"got {raw!r}")  # fmt: skip
-        steps = raw["steps"]
-        if not isinstance(steps, int) or steps < 1 or not isinstance(raw["loss"], dict):
-            raise FastDecodersError(f"{source}: phase {i}: expected steps >= 1 and a loss mapping, got {raw!r}")
-        phase = Phase(str(raw.get("name", f"phase{i + 1}")), steps, dict(raw["loss"]), raw.get("lr"),
-                      raw.get("batch_size"))  # fmt: skip
+        phase = from_dict(Phase, {"name": f"phase{i + 1}", **raw}, f"{source}: phase {i}")
+        if phase.steps < 1:
+            raise FastDecodersError(f"{source}: phase {i}: expected steps >= 1, got {phase.steps}")
         if phase.align and "features" not in phase.loss and set(phase.loss) - ALIGN_LOSS_KEYS:
             raise FastDecodersError(f"{source}: phase {phase.name}: an alignment phase (loss.feature) takes loss "
                                     f"keys {', '.join(sorted(ALIGN_LOSS_KEYS))}, got {sorted(phase.loss)}")  # fmt: skip
@@ -143,9 +165,7 @@ def _with_features(values: dict[str, Any], points: Sequence[str]) -> dict[str, A
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    from fastdecoders.train.config import read_yaml
-
-    return parse_recipe(read_yaml(path), str(path))
+    return parse_recipe(read_yaml(path, "recipe", "prune/phases and trainer sections"), str(path))
 
 
 def phase_config(recipe: Recipe, phase: Phase, student: str | None, init: str | None) -> dict[str, Any]:

@@ -116,7 +116,8 @@ def lost_peers_are_one_line(d: Dist, out: Path, last_checkpoint: Callable[[], Pa
     except (RuntimeError, dist.DistError) as e:
         if d.world == 1 or not peer_gone(e):
             raise
-        reason = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0])[:160]  # gloo prefixes a source path
+        # the first sentence of the first line; gloo prefixes a source path ("[../gloo/transport/tcp/pair.cc:534] ")
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0]).split(". ")[0][:160]
         found = last_checkpoint()
         resume = (f"restart every process with --resume to continue from {found}" if found
                   else "no checkpoint was written yet: restart the run")  # fmt: skip
