@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from fastdecoders.commands import batch_args as batch_cli
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import IMAGE_SUFFIXES, check_fps, output_file, read_latents, write_image, write_video
 from fastdecoders.latents import get_latent_space, ncthw_to_ntchw, ntchw_to_ncthw, to_01
+from fastdecoders.models.protocol import LatentDecoder
 from fastdecoders.parallel import cli as parallel_cli
 from fastdecoders.progress import progress
 from fastdecoders.tiling import decode_tiled, parse_tile
@@ -83,16 +83,16 @@ def run(args: argparse.Namespace) -> dict:
     return {**result, "tiling": tiled.report, **describe(decoder)}
 
 
-class _Tiled:
-    """``decoder`` called through ``decode_tiled``; keeps the last call's report (JSON-ready)."""
+class _Tiled(LatentDecoder):
+    """``decoder`` behind ``decode_tiled`` (the decode protocol); keeps the last call's report (JSON-ready)."""
 
-    def __init__(self, decoder, tile: int | str, budget: int | None, name: str):
+    def __init__(self, decoder: LatentDecoder, tile: int | str, budget: int | None, name: str):
+        super().__init__()
         self.decoder, self.tile, self.budget, self.name = decoder, tile, budget, name
-        self.latent_ndim, self.latent_space_name = decoder.latent_ndim, getattr(decoder, "latent_space_name", None)
-        self.forward = decoder.forward  # for the num_frames check
+        self.latent_space_name = getattr(decoder, "latent_space_name", None)
         self.report: dict | None = None
 
-    def __call__(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         images, report = decode_tiled(self.decoder, latents, tile=self.tile, max_memory_bytes=self.budget,
                                       num_frames=num_frames)  # fmt: skip
         self.report = report.as_dict()
@@ -114,7 +114,7 @@ def _decode_images(decoder, latents: torch.Tensor, out: Path) -> dict:
         raise FastDecodersError(f"{len(latents)} latents need an output folder, got a file name {out}")
     paths = []
     for i in progress(range(len(latents)), desc="decode", unit="img"):
-        image = to_01(decoder(latents[i : i + 1]))[0]
+        image = to_01(decoder.decode_latents(latents[i : i + 1]))[0]
         path = out if out.suffix else out / f"{i:05d}.png"
         paths.append(str(write_image(image, path)))
     return {"decoder": decoder.name, "latents": decoder.latent_space_name, "outputs": paths,
@@ -135,14 +135,11 @@ def _decode_video(decoder, space, latents: torch.Tensor, out: Path, fps: float) 
         decoder.report = {"mode": "streamed", "pieces": int(latents.shape[2]), "frames_per_chunk": 1, "exact": True}
         return {"decoder": decoder.name, "latents": decoder.latent_space_name, "outputs": [written["path"]],
                 "frames": written["frames"], "shape": shape}  # fmt: skip
-    if decoder.latent_ndim == 5:
-        video = decoder(ntchw_to_ncthw(latents) if space.layout == "NTCHW" else latents)  # (B, 3, T, H, W)
-    else:  # an image decoder applied frame by frame to (B, T, C, h, w)
-        frames_first = latents
-        # a temporal decoder (SVD-style) takes the clip's frames together with their count
-        takes_frames = "num_frames" in inspect.signature(decoder.forward).parameters
-        kwargs = {"num_frames": frames_first.shape[1]} if takes_frames else {}
-        video = ntchw_to_ncthw(torch.stack([decoder(clip, **kwargs) for clip in frames_first]))
+    # as run() read the file: clips in the space's layout for clip decoders, frames first (B, T, C, h, w) otherwise;
+    # as NCTHW clips every decoder takes them (decode_latents: image decoders frame by frame, SVD-style ones with
+    # the clip's frame count)
+    clips = latents if inner.latent_ndim == 5 and space.layout != "NTCHW" else ntchw_to_ncthw(latents)
+    video = decoder.decode_latents(clips)  # (B, 3, T, H, W)
     frames = to_01(ncthw_to_ntchw(video)[0])
     write_video(frames, out, fps=fps)
     return {"decoder": decoder.name, "latents": decoder.latent_space_name, "outputs": [str(out)],
