@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.protocol import LatentDecoder
 
 RUNTIME_BACKENDS = ("onnxruntime", "openvino")
 AUTO_RUNS = 3
@@ -119,8 +120,9 @@ def exported_file(decoder: nn.Module, dtype: torch.dtype) -> Path:
     return save_model(model, path)
 
 
-class _RuntimeDecoder(nn.Module):
-    """Base of the ONNX Runtime-backed decoders: holds the torch decoder (its attributes, parameters) and a session."""
+class _RuntimeDecoder(LatentDecoder):
+    """Base of the ONNX Runtime-backed decoders: holds the torch decoder (its attributes, parameters) and a session;
+    follows the decode protocol (``decode_latents``, ``tile_job``) like any decoder."""
 
     def __init__(self, decoder: nn.Module, runner: Any, backend: str):
         super().__init__()
@@ -134,11 +136,13 @@ class _RuntimeDecoder(nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("torch_decoder"), name)
 
-    def decode(self, latents: torch.Tensor, return_dict: bool = True, **kwargs: Any):
-        from fastdecoders.models.base import DecoderOutput
+    @property
+    def receptive_field(self) -> int | None:
+        return self.torch_decoder.receptive_field
 
-        sample = self(latents, **kwargs)
-        return DecoderOutput(sample) if return_dict else (sample,)
+    @property
+    def decodes_clips(self) -> bool:
+        return self.torch_decoder.decodes_clips
 
 
 class RuntimeImageDecoder(_RuntimeDecoder):
@@ -354,13 +358,10 @@ def call_shape(decoder: nn.Module, latents: torch.Tensor) -> tuple[tuple[int, ..
     """(latents shape ``auto`` measures at, num_frames) for ``decode``'s latents: one image of an NCHW batch, the clip
     for video decoders, one clip's (T, C, h, w) frames for image and SVD-style decoders given video latents; sides
     capped at ``AUTO_MAX_SIDE`` latent pixels and clips at ``AUTO_MAX_FRAMES`` frames."""
-    from fastdecoders.models.protocol import call_kind
-
-    kind = call_kind(decoder)
     h, w = (min(n, AUTO_MAX_SIDE) for n in latents.shape[-2:])
     if latents.ndim == 4:
         return (1, latents.shape[1], h, w), None
-    if kind == "video":  # (B, C, t, h, w)
+    if decoder.latent_ndim == 5:  # forward takes (B, C, t, h, w) clips
         return (1, latents.shape[1], min(latents.shape[2], AUTO_MAX_FRAMES), h, w), None
     t = min(latents.shape[1], AUTO_MAX_FRAMES)  # (B, T, C, h, w) frames first: one clip at a time
-    return (t, latents.shape[2], h, w), t if kind == "temporal" else None
+    return (t, latents.shape[2], h, w), t if decoder.decodes_clips else None

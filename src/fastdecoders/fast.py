@@ -84,8 +84,6 @@ def fold_batchnorm(decoder: nn.Module) -> int:
 
     Covers ``nn.Sequential`` runs (conv, bn) and EffViT's attention ``proj``/``norm`` and MBConv ``project``/``norm``.
     """
-    from fastdecoders.models.effvit import GLUMBConv, MultiScaleLinearAttention
-
     folded = 0
     for module in list(decoder.modules()):
         if isinstance(module, nn.Sequential):
@@ -94,8 +92,7 @@ def fold_batchnorm(decoder: nn.Module) -> int:
                     module[i] = _fold_bn(module[i], module[i + 1])
                     module[i + 1] = nn.Identity()
                     folded += 1
-        pairs = {MultiScaleLinearAttention: "proj", GLUMBConv: "project"}
-        conv_name = next((name for cls, name in pairs.items() if isinstance(module, cls)), None)
+        conv_name = getattr(module, "conv_before_norm", None)  # a module's own conv -> norm pair (EffViT blocks)
         if conv_name and isinstance(module.norm, nn.BatchNorm2d):
             setattr(module, conv_name, _fold_bn(getattr(module, conv_name), module.norm))
             module.norm = nn.Identity()
@@ -176,17 +173,16 @@ def optimize(
 def _auto_shape(decoder: nn.Module, shape: tuple[int, ...] | None, num_frames: int | None):
     """(latents shape, num_frames) for ``auto``: the given ones, or a 512x512 image / 256x256 clip of the family."""
     from fastdecoders.latents import get_latent_space
-    from fastdecoders.models.protocol import call_kind
 
-    kind = call_kind(decoder)
+    frames = decoder.latent_ndim == 4 and decoder.decodes_clips  # forward takes frames + num_frames (SVD-style)
     if shape is not None:
-        return tuple(shape), (num_frames or shape[0]) if kind == "temporal" else None
+        return tuple(shape), (num_frames or shape[0]) if frames else None
     space_name = getattr(decoder, "latent_space_name", None)
     f = get_latent_space(space_name).spatial_factor if space_name else 8
     c = decoder.latent_channels
-    if kind == "video":
+    if decoder.latent_ndim == 5:  # forward takes clips
         return (1, c, 3, 256 // f, 256 // f), None
-    if kind == "temporal":
+    if frames:
         return (4, c, 256 // f, 256 // f), 4
     return (1, c, 512 // f, 512 // f), None
 
@@ -199,11 +195,7 @@ def _safe_half(decoder: nn.Module) -> torch.dtype:
     Everything else (the original diffusers VAEs: SDXL's overflows in fp16; taehv, whose published
     weights are not available here to measure) is not known to be safe.
     """
-    from fastdecoders.models.effvit import EffViTDecoder
-    from fastdecoders.models.tae import TAEDecoder
-    from fastdecoders.models.temporal import TemporalTAEDecoder
-
-    if isinstance(decoder, (TAEDecoder, TemporalTAEDecoder, EffViTDecoder)):
+    if getattr(decoder, "fp16_safe", False):  # the decoder's own declaration (models/*.py)
         return torch.float16
     warnings.warn(
         f"{type(decoder).__name__}: fp16 overflow is not ruled out for it; using bfloat16 "

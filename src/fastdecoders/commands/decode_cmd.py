@@ -12,11 +12,11 @@ import torch
 from fastdecoders.backends import add_backend_argument, apply_backend, call_shape, describe
 from fastdecoders.commands import add_device, add_weights_dir
 from fastdecoders.commands import batch_args as batch_cli
+from fastdecoders.commands import parallel_args as parallel_cli
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import IMAGE_SUFFIXES, check_fps, output_file, read_latents, write_image, write_video
 from fastdecoders.latents import get_latent_space, ncthw_to_ntchw, ntchw_to_ncthw, to_01
 from fastdecoders.models.protocol import LatentDecoder
-from fastdecoders.parallel import cli as parallel_cli
 from fastdecoders.progress import progress
 from fastdecoders.tiling import decode_tiled, parse_tile
 from fastdecoders.weights import load_decoder

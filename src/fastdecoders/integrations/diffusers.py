@@ -34,10 +34,9 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.latents import LatentSpace, frames_to_video, get_latent_space, video_to_frames
+from fastdecoders.latents import LatentSpace, get_latent_space
 from fastdecoders.models import Decoder, DecoderOutput
 from fastdecoders.models.diffusers_vae import vae_channels, vae_latent_spaces, vae_spatial_factor
-from fastdecoders.models.protocol import call_kind
 from fastdecoders.registry import get_spec, list_decoders
 from fastdecoders.weights import load_decoder
 
@@ -107,7 +106,6 @@ class DiffusersVAEAdapter(nn.Module):
             raise FastDecodersError(f"{_name(decoder)} does not say which latent space it decodes; pass latents=")
         self.decoder_space = get_latent_space(declared)
         self.latent_space = self._check_compatible(vae, pipeline_name)
-        self._kind = call_kind(decoder)
         self._check_layout()
         # the positional parameters of the original decode (LTX: temb, SVD: num_frames, KL: return_dict, generator)
         self._decode_params = list(inspect.signature(vae.decode).parameters)[1:]
@@ -150,10 +148,10 @@ class DiffusersVAEAdapter(nn.Module):
         )
 
     def _check_layout(self) -> None:
-        space, kind = self.latent_space, self._kind
-        if space.layout == "NCHW" and kind == "video":
+        space, clips = self.latent_space, self.fast_decoder.latent_ndim == 5  # forward takes NCTHW clips
+        if space.layout == "NCHW" and clips:
             raise FastDecodersError(f"{_name(self.fast_decoder)} is a video decoder; {space.name} is an image space")
-        if space.layout == "NCTHW" and space.is_causal and kind != "video":
+        if space.layout == "NCTHW" and space.is_causal and not clips:
             raise FastDecodersError(
                 f"{_name(self.fast_decoder)} decodes frame by frame, but {space.name} latents pack "
                 f"{space.temporal_factor} frames into each latent frame; it needs a video (NCTHW) decoder"
@@ -250,22 +248,14 @@ class DiffusersVAEAdapter(nn.Module):
     # -- layout -----------------------------------------------------------------------------------------------------
 
     def _run(self, latents: torch.Tensor, num_frames: int | None) -> torch.Tensor:
-        """Diffusion-space latents in the pipeline's layout -> RGB in [-1, 1] in that layout."""
-        decoder, kind, layout = self.fast_decoder, self._kind, self.latent_space.layout
-        if layout == "NCHW":
-            return decoder(latents, num_frames=1) if kind == "temporal" else decoder(latents)
-        if layout == "NTCHW":  # SVD: (B·T, C, h, w), decoded in chunks of ``num_frames``
-            n = num_frames or latents.shape[0]
-            if kind == "image":
-                return decoder(latents)
-            if kind == "temporal":
-                return decoder(latents, num_frames=n)
-            return video_to_frames(decoder(frames_to_video(latents, n)))
-        if kind == "video":  # NCTHW clips
-            return decoder(latents)
-        t = latents.shape[2]  # a non-causal NCTHW space: frame by frame (temporal decoders see the whole clip)
-        frames = video_to_frames(latents)
-        return frames_to_video(decoder(frames, num_frames=t) if kind == "temporal" else decoder(frames), t)
+        """Diffusion-space latents in the pipeline's layout -> RGB in [-1, 1] in that layout (the decode protocol:
+        the decoder converts frames/clips to what it takes)."""
+        layout = self.latent_space.layout
+        if layout == "NCHW":  # images: each one a clip of one frame
+            return self.fast_decoder.decode_latents(latents, num_frames=1)
+        if layout == "NTCHW":  # SVD: (B·T, C, h, w), clips of ``num_frames`` (default: all frames one clip)
+            return self.fast_decoder.decode_latents(latents, num_frames=num_frames or latents.shape[0])
+        return self.fast_decoder.decode_latents(latents)  # NCTHW clips
 
     def _check_input(self, z: torch.Tensor) -> None:
         space = self.latent_space

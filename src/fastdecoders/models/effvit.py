@@ -156,6 +156,9 @@ class MultiScaleLinearAttention(nn.Module):
     grouped 1x1 conv, and adds as many heads again. Each head computes relu(q)·(Σ relu(k) vᵀ) / (relu(q)·Σ relu(k)).
     """
 
+    #: the 1x1 conv followed directly by ``norm``: ``fastdecoders.fast.fold_batchnorm`` folds a BatchNorm into it
+    conv_before_norm = "proj"
+
     def __init__(self, channels: int, head_dim: int, scales: tuple[int, ...], norm: str, eps: float = 1e-15):
         super().__init__()
         self.head_dim, self.eps = head_dim, eps
@@ -191,6 +194,8 @@ class MultiScaleLinearAttention(nn.Module):
 
 class GLUMBConv(nn.Module):
     """x + norm(project(a * act(gate))), where (a, gate) = depthwise3x3(act(expand(x))): the EViT block's FFN."""
+
+    conv_before_norm = "project"  # see MultiScaleLinearAttention
 
     def __init__(self, channels: int, ratio: float, norm: str, act: str):
         super().__init__()
@@ -234,6 +239,7 @@ class EffViTDecoder(Decoder):
 
     arch = "effvit"
     config_class = EffViTConfig
+    fp16_safe = True  # its only wide sums, the linear attention's, run in float32 (fastdecoders.fast)
 
     def __init__(self, config: EffViTConfig):
         super().__init__(config)

@@ -66,6 +66,8 @@ class LatentDecoder(nn.Module):
     #: rank of the latents ``forward`` takes: 4 (N, C, h, w) or 5 (B, C, t, h, w). Reading an input file's shape
     #: (a 4-d clip without its batch axis) needs it; how to call the decoder never does (``decode_latents``).
     latent_ndim: ClassVar[int] = 4
+    #: float16 activations ruled out to overflow (``fastdecoders.fast.optimize`` switches others to bfloat16).
+    fp16_safe: ClassVar[bool] = False
 
     @classmethod
     def _forward_takes_num_frames(cls) -> bool:

@@ -99,6 +99,7 @@ class TemporalTAEDecoder(Decoder):
 
     arch = "tae-temporal"
     config_class = TemporalTAEConfig
+    fp16_safe = True  # the TAE layers (fastdecoders.fast); its attention is softmax-normalised
 
     def __init__(self, config: TemporalTAEConfig):
         super().__init__(config)

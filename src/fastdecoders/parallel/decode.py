@@ -106,9 +106,9 @@ def parallel_decode_frames(
 ) -> torch.Tensor | None:
     """(N, C, h, w) frames or images decoded independently, split by item across the ranks (exact: items never mix).
 
-    For image decoders only (``call_kind`` "image"); video decoders mix frames, use ``parallel_decode`` (rows) there.
+    For image decoders only (not ``decodes_clips``); video decoders mix frames, use ``parallel_decode`` (rows) there.
     """
-    if call_kind(decoder) != "image":
+    if decoder.decodes_clips:
         raise FastDecodersError(f"frame-parallel decode needs an image decoder (frames independent), "
                                 f"got a {call_kind(decoder)} decoder; split it by rows")  # fmt: skip
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size(group) == 1:

@@ -16,6 +16,7 @@ NCHW images, SVD's (B, T, C, h, w), NCTHW clips — or packed into tokens (Flux,
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,6 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import LatentSpace, get_latent_space, to_01, unpack_tokens
-from fastdecoders.models.protocol import call_kind
 from fastdecoders.previews.linear import LinearPreview, load_linear_preview
 from fastdecoders.previews.sinks import PreviewFrame, make_sink
 
@@ -158,18 +158,11 @@ class Preview:
         decoder = self.decoder
         # fp32 on the CPU (half is slow there); the pipeline's dtype on an accelerator
         dtype = torch.float32 if z.device.type == "cpu" else z.dtype
-        tensor = next(iter(decoder.buffers())) if isinstance(decoder, LinearPreview) else next(decoder.parameters())
+        tensor = next(itertools.chain(decoder.parameters(), decoder.buffers()))  # linear previews: buffers only
         if tensor.device != z.device or tensor.dtype != dtype:
             decoder.to(device=z.device, dtype=dtype)
         z = z.to(dtype)
-        kind = "linear" if isinstance(decoder, LinearPreview) else call_kind(decoder)
-        if z.ndim == 4 or kind in ("linear", "video"):  # linear previews take any (B, C, ...) layout
-            out = decoder(z)
-        else:  # a clip through an image/temporal decoder: frame by frame (temporal decoders see the clip)
-            b, _, t = z.shape[:3]
-            frames = z.permute(0, 2, 1, 3, 4).flatten(0, 1)
-            out = decoder(frames, num_frames=t) if kind == "temporal" else decoder(frames)
-            out = out.unflatten(0, (b, t)).permute(0, 2, 1, 3, 4)
+        out = decoder.decode_latents(z)  # clips: frame by frame for image decoders (the decode protocol)
         return to_01(out.float()).cpu()  # .cpu() waits for the device, so the timing includes the decode
 
     def _layout(self, latents: torch.Tensor) -> torch.Tensor:

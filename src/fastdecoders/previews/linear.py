@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import LATENT_SPACES, LatentSpace, get_latent_space
+from fastdecoders.models.protocol import LatentDecoder
 
 FORMAT = "fastdecoders-linear-preview"
 SHIPPED_DIR = Path(__file__).resolve().parent
 
 
-class LinearPreview(nn.Module):
+class LinearPreview(LatentDecoder):
     """RGB = W · z + b per latent cell. ``weight`` (3, C), ``bias`` (3,); ``fit`` holds how the numbers were made."""
 
     def __init__(
@@ -64,6 +64,10 @@ class LinearPreview(nn.Module):
         return torch.einsum("oc,bc...->bo...", weight, latents) + bias
 
     # -- files ------------------------------------------------------------------------------------------------------
+
+    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """The decode protocol: per latent cell, so frames and NCTHW clips alike (``num_frames`` does not matter)."""
+        return self(latents)
 
     def to_dict(self) -> dict[str, Any]:
         return {

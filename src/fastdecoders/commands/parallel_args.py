@@ -1,4 +1,5 @@
-"""``torchrun --nproc-per-node N -m fastdecoders decode DECODER LATENTS -o OUT --parallel``: each latent (image) or
+"""``torchrun --nproc-per-node N -m fastdecoders decode DECODER LATENTS -o OUT --parallel`` (the ``decode`` verb's
+``--parallel`` options; the library part is ``fastdecoders.parallel``): each latent (image) or
 clip (video decoder) decoded by all ranks together, split by latent rows; rank 0 writes the files."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from fastdecoders.io import read_latents, write_image, write_video
 from fastdecoders.latents import get_latent_space, ncthw_to_ntchw, ntchw_to_ncthw, to_01
 from fastdecoders.models.protocol import call_kind
 from fastdecoders.parallel.decode import MODES, choose_mode, init_process_group, parallel_decode, split_rows
+from fastdecoders.weights import load_decoder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """The ``--parallel`` form of ``fastdecoders decode``; every rank runs it, rank 0 returns the outputs."""
-    from fastdecoders.weights import load_decoder
-
     if str(args.tile) not in ("auto", "off"):
         raise FastDecodersError(f"--tile {args.tile} does not combine with --parallel (the ranks split the rows)")
     rank, world = init_process_group(args.device, args.parallel_timeout)
@@ -37,11 +37,12 @@ def run(args: argparse.Namespace) -> dict:
     decoder = load_decoder(args.decoder, latents=args.space, weights_dir=args.weights_dir, device=args.device,
                            dtype=getattr(torch, args.dtype))  # fmt: skip
     space = get_latent_space(decoder.latent_space_name)
-    kind = call_kind(decoder)
-    if kind != "video" and latents.ndim != 4:
+    clips = decoder.latent_ndim == 5  # forward takes NCTHW clips: a 4-d file is one clip without its batch axis
+    if not clips and latents.ndim != 4:
         raise FastDecodersError(f"--parallel decodes NCHW latents with an image decoder, got shape "
-                                f"{tuple(latents.shape)} for a {kind} decoder (decode without --parallel)")  # fmt: skip
-    if kind == "video" and latents.ndim == 4:
+                                f"{tuple(latents.shape)} for a {call_kind(decoder)} decoder (decode without "
+                                f"--parallel)")  # fmt: skip
+    if clips and latents.ndim == 4:
         latents = latents[None]  # a single clip without its batch axis
     space.check_latents(latents, what=str(args.latents))
     if args.raw:
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     paths: list[str] = []
     with torch.inference_mode():
-        if kind == "video":
+        if clips:
             clip = ntchw_to_ncthw(latents) if space.layout == "NTCHW" else latents
             if not str(out).lower().endswith(".mp4"):
                 raise FastDecodersError(f"video latents decode to an .mp4 file, got {out}")
