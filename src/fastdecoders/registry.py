@@ -29,6 +29,10 @@ class DecoderSpec:
     weights: str | None = None
     #: a hub repo holding the weights (diffusers AutoencoderTiny layout or our safetensors), for users who are online.
     hub_id: str | None = None
+    #: a fastdecoders file made in this repository, relative to its shipped-weights folder (``weights/`` of a
+    #: checkout, or the same relative path under a folder of the weights search path): the name loads that file.
+    #: A spec with ``config=None`` is a composite (a switch: a gate naming two other decoders), loadable only.
+    file: str | None = None
 
     @property
     def latent_space(self) -> LatentSpace:
@@ -36,7 +40,12 @@ class DecoderSpec:
 
     @property
     def has_weights(self) -> bool:
-        return self.weights is not None or self.hub_id is not None
+        return self.weights is not None or self.hub_id is not None or self.file is not None
+
+    @property
+    def composite(self) -> bool:
+        """No architecture of its own to build at random (a switch file): ``load_decoder`` only."""
+        return self.config is None
 
 
 _REGISTRY: dict[str, DecoderSpec] = {}
@@ -45,13 +54,17 @@ _REGISTRY: dict[str, DecoderSpec] = {}
 def register(spec: DecoderSpec) -> DecoderSpec:
     if spec.name in _REGISTRY:
         raise ValueError(f"decoder {spec.name!r} is registered twice")
+    if spec.config is None and spec.file is None:
+        raise ValueError(f"decoder {spec.name!r}: a spec without an architecture config must name its file")
     get_latent_space(spec.latents)  # fail at import time on a typo
     _REGISTRY[spec.name] = spec
     return spec
 
 
-def list_decoders() -> list[str]:
-    return list(_REGISTRY)
+def list_decoders(composites: bool = False) -> list[str]:
+    """Registered names that ``build_decoder`` can make (each has a tiny test config); ``composites=True`` adds the
+    composite ones (switch files), which only ``load_decoder`` loads."""
+    return [name for name, spec in _REGISTRY.items() if composites or not spec.composite]
 
 
 def get_spec(name: str) -> DecoderSpec:
