@@ -118,11 +118,11 @@ def skip_reason(backend: str, device: torch.device) -> str | None:
 def load_for_bench(name: str, device: torch.device, dtype: torch.dtype, tiny: bool = False) -> nn.Module:
     """A registry name (random init: timing does not depend on weight values) or a saved decoder path, in eval mode."""
     from fastdecoders.models import build_decoder
-    from fastdecoders.registry import is_registered
+    from fastdecoders.registry import get_spec, is_registered
 
-    if is_registered(name):
+    if is_registered(name) and not get_spec(name).composite:
         decoder = build_decoder(name, tiny=tiny)
-    elif Path(name).exists():
+    elif Path(name).exists() or is_registered(name):  # a file, or a registered switch (its gate has to route)
         from fastdecoders.weights import load_decoder
 
         decoder = load_decoder(name)
@@ -138,9 +138,9 @@ def load_for_bench(name: str, device: torch.device, dtype: torch.dtype, tiny: bo
 def _describe(name: str, tiny: bool) -> nn.Module:
     """The decoder ``name`` without real storage where possible (meta tensors: its latent space and layout only)."""
     from fastdecoders.models import build_decoder
-    from fastdecoders.registry import is_registered
+    from fastdecoders.registry import get_spec, is_registered
 
-    if is_registered(name):
+    if is_registered(name) and not get_spec(name).composite:
         with torch.device("meta"):
             return build_decoder(name, tiny=tiny)
     return load_for_bench(name, torch.device("cpu"), torch.float32, tiny)

@@ -18,13 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     found = weights_status(args.weights_dir)
     decoders = []
-    for name in list_decoders():
+    for name in list_decoders(composites=True):
         spec = get_spec(name)
         decoders.append({
             "name": name,
             "arch": spec.arch,
             "latents": spec.latents,
-            "params": _params(name),
+            "params": None if spec.composite else _params(name),  # a switch: its two decoders' and a gate's
             "weights": found[name] or (f"hub:{spec.hub_id}" if spec.hub_id else None),
             "weights_local": found[name] is not None,
             "description": spec.description,
@@ -55,7 +55,8 @@ def _params(name: str) -> int:
 def render(result: dict) -> str:
     decoders = format_table(
         ["decoder", "arch", "latents", "params", "weights"],
-        [[d["name"], d["arch"], d["latents"], f"{d['params'] / 1e6:.2f}M", d["weights"] or "not found"]
+        [[d["name"], d["arch"], d["latents"], "-" if d["params"] is None else f"{d['params'] / 1e6:.2f}M",
+          d["weights"] or "not found"]
          for d in result["decoders"]],
     )  # fmt: skip
     spaces = format_table(
