@@ -103,7 +103,7 @@ def light_tail(light: TAEDecoder, x: torch.Tensor, point: str) -> torch.Tensor:
 
 def default_feature_point(light: nn.Module) -> str:
     """The end of the light decoder's first stage (its latent-resolution features)."""
-    from fastdecoders.prune.distill import feature_points
+    from fastdecoders.prune.ops import feature_points
 
     return feature_points(light)[0]
 
@@ -126,6 +126,12 @@ class PipelineVAE(nn.Module):
         return self.vae.decode(raw).sample
 
 
+def _decode(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """A routed sub-batch through the decode protocol (``decode_latents``); a bare module (``PipelineVAE``): called."""
+    decode = getattr(decoder, "decode_latents", None)
+    return decode(z) if decode is not None else decoder(z)
+
+
 class SwitchDecoder(Decoder):
     """(B, C, h, w) diffusion-space latents -> (B, 3, f·h, f·w) RGB in [-1, 1], each item by the light or the heavy
     decoder as the gate decides; video (B, C, t, h, w) -> (B, 3, T, f·h, f·w) routed per chunk of latent frames.
@@ -144,6 +150,12 @@ class SwitchDecoder(Decoder):
         self.heavy = heavy  # None: the pipeline's VAE, bound later by ``bind_heavy``
         self.gate = gate
         self.latent_ndim = getattr(light, "latent_ndim", 4)
+        # the decode protocol (models/protocol.py) follows latent_ndim: clips (NCTHW) when the light decoder takes them
+        if getattr(light, "decodes_clips", False) and self.latent_ndim == 4:
+            raise FastDecodersError(
+                f"switch: routing a decoder that decodes the frames of a clip together ({type(light).__name__}) would "
+                f"split its clips; use an image decoder or a causal video decoder (taehv) as light"
+            )
         if config.input == "features":
             check_staged(light, config.feature_point or "")
         self.latent_space_name = self.latents_name
@@ -209,13 +221,13 @@ class SwitchDecoder(Decoder):
         parts: list[tuple[torch.Tensor, torch.Tensor]] = []
         if light_idx.numel():
             if feats is None:
-                y = self.light(latents if light_idx.numel() == b else latents[light_idx])
+                y = _decode(self.light, latents if light_idx.numel() == b else latents[light_idx])
             else:
                 y = light_tail(self.light, feats if light_idx.numel() == b else feats[light_idx],
                                self.config.feature_point)  # fmt: skip
             parts.append((light_idx, y))
         if heavy_idx.numel():
-            parts.append((heavy_idx, self._heavy()(latents if heavy_idx.numel() == b else latents[heavy_idx])))
+            parts.append((heavy_idx, _decode(self._heavy(), latents if heavy_idx.numel() == b else latents[heavy_idx])))
         if len(parts) == 1:  # all one way: that decoder's own output tensor
             return parts[0][1]
         out = parts[0][1].new_empty(b, *parts[0][1].shape[1:])
