@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fastdecoders.bench.timing import default_sync
+
 
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of the matmul/conv ops ``fn`` runs (elementwise ops are not counted)."""
@@ -19,19 +21,15 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _best_seconds(fn: Callable[[], object], device: torch.device, runs: int) -> float:
+    sync = default_sync(device)
     fn()  # warm up (kernel selection, allocation)
-    _sync(device)
+    sync()
     best = float("inf")
     for _ in range(runs):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync()
         best = min(best, time.perf_counter() - start)
     return best
 

@@ -9,7 +9,6 @@ Cells that cannot run here (CUDA graphs on a CPU, a backend that fails to build)
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,10 +145,6 @@ def _describe(name: str, tiny: bool) -> nn.Module:
     return load_for_bench(name, torch.device("cpu"), torch.float32, tiny)
 
 
-def _takes_num_frames(decoder: nn.Module) -> bool:
-    return "num_frames" in inspect.signature(decoder.forward).parameters
-
-
 def make_inputs(decoder: nn.Module, size: Size, batch: int, frames: int, device, dtype) -> tuple[tuple, dict, str]:
     """Random diffusion-space latents decoding to ``size``: (args, kwargs, output shape as 'Bx3xHxW'/'Bx3xTxHxW').
 
@@ -171,7 +166,7 @@ def make_inputs(decoder: nn.Module, size: Size, batch: int, frames: int, device,
             raise FastDecodersError(f"--sizes {size}: {name}: {e}") from None
         z = torch.randn(batch, space.channels, t, h, w, device=device, dtype=dtype)
         return (z,), {}, f"{batch}x3x{pixel}x{size.height}x{size.width}"
-    if _takes_num_frames(decoder) and space.layout == "NTCHW":
+    if decoder.decodes_clips and space.layout == "NTCHW":  # forward takes frames + num_frames (the protocol)
         pixel = size.frames or frames
         z = torch.randn(batch * pixel, space.channels, h, w, device=device, dtype=dtype)  # SVD: (B·T, C, h, w)
         return (z,), {"num_frames": pixel}, f"{batch}x3x{pixel}x{size.height}x{size.width}"
@@ -284,7 +279,7 @@ def _first_line(e: BaseException) -> str:
 
 def is_clip_decoder(decoder: nn.Module) -> bool:
     """Whether ``decoder`` decodes clips (NCTHW video, or frames + ``num_frames`` like SVD's) rather than images."""
-    return decoder.latent_ndim == 5 or _takes_num_frames(decoder)
+    return decoder.decodes_clips
 
 
 def _sizes_per_decoder(decoders: dict[str, nn.Module], grid: Grid) -> tuple[dict[str, list[Size]], list[dict]]:
