@@ -50,9 +50,9 @@ def video(args: argparse.Namespace) -> None:
     from fastdecoders.latents import get_latent_space
     from fastdecoders.prune.calib import random_latents
     from fastdecoders.prune.core import decoder_parameters, prune
-    from fastdecoders.prune.diffusers_vae import reference_teacher
     from fastdecoders.prune.ops import profile_stages, swap_operators
     from fastdecoders.prune.report import _time_ms
+    from fastdecoders.prune.source import reference_teacher
 
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)

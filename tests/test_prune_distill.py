@@ -14,12 +14,12 @@ from fastdecoders.models import TAEConfig, TAEDecoder
 from fastdecoders.prune import prune
 from fastdecoders.prune.distill import (
     align_features,
-    feature_points,
     load_recipe,
     parse_recipe,
     phase_steps,
     run_recipe,
 )
+from fastdecoders.prune.ops import feature_points
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

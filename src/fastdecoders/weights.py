@@ -225,7 +225,7 @@ def _load_file(path: Path, weights_dir: str | os.PathLike | None = None) -> Deco
         if header.get("arch") == "switch":  # a dynamic switch: a gate plus the names of its two decoders
             from fastdecoders.switching.file import load_switch  # lazy: switching loads its decoders through us
 
-            return load_switch(path, header, state, weights_dir)
+            return load_switch(path, header, state, weights_dir, load_decoder)
         decoder = decoder_from_header(header, ARCHITECTURES, str(path))
     elif _is_upstream_tae(state):
         decoder = TAEDecoder(tae_config_from_state_dict(state))

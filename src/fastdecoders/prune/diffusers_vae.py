@@ -69,55 +69,6 @@ def as_teacher(decoder: nn.Module, latent_space: str | None = None) -> Diffusers
     return DiffusersVAEDecoder.from_diffusers(vae_of(decoder), space)
 
 
-# Published decoder configs of each family's VAE (random weights here: structure and speed checks). AutoencoderKL:
-# stable-diffusion-v1-5 / stabilityai/sdxl-vae / FLUX.1-dev / SD3 vae/config.json; Wan 2.1 and LTX-Video 0.9.0 are
-# the diffusers class defaults (== Wan-AI/Wan2.1-T2V-1.3B-Diffusers and Lightricks/LTX-Video vae/config.json).
-_KL = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32,
-       "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4}  # fmt: skip
-REFERENCE_VAES: dict[str, tuple[str, dict[str, Any]]] = {
-    "sd1": ("AutoencoderKL", {**_KL, "latent_channels": 4, "scaling_factor": 0.18215}),
-    "sdxl": ("AutoencoderKL", {**_KL, "latent_channels": 4, "scaling_factor": 0.13025}),
-    "sd3": ("AutoencoderKL", {**_KL, "latent_channels": 16, "scaling_factor": 1.5305, "shift_factor": 0.0609,
-                              "use_quant_conv": False, "use_post_quant_conv": False}),
-    "flux1": ("AutoencoderKL", {**_KL, "latent_channels": 16, "scaling_factor": 0.3611, "shift_factor": 0.1159,
-                                "use_quant_conv": False, "use_post_quant_conv": False}),
-    "wan2.1": ("AutoencoderKLWan", {}),
-    "ltx-video": ("AutoencoderKLLTXVideo", {}),
-}  # fmt: skip
-
-
-def reference_teacher(space: str) -> DiffusersVAEDecoder:
-    """A ``diffusers-vae`` of ``space``'s published VAE config with random weights (no encoder)."""
-    if space not in REFERENCE_VAES:
-        raise FastDecodersError(f"random:{space}: known families {', '.join(REFERENCE_VAES)}")
-    cls, config = REFERENCE_VAES[space]
-    decoder = DiffusersVAEDecoder(DiffusersVAEConfig(cls, config))
-    decoder.latent_space_name = space
-    decoder.registry_name = f"random:{space}"
-    return decoder
-
-
-def diffusers_folder_teacher(folder: str, latent_space: str | None) -> DiffusersVAEDecoder:
-    """A diffusers VAE folder (``config.json`` + weights) as a teacher; its latent space from ``latent_space`` or, for
-    Wan and LTX, from the class."""
-    import json
-    from pathlib import Path
-
-    config = json.loads((Path(folder) / "config.json").read_text())
-    cls = config.get("_class_name")
-    if cls not in PRUNABLE:
-        raise FastDecodersError(f"{folder}/config.json is a {cls}; expected one of {', '.join(PRUNABLE)}")
-    guess = {"AutoencoderKLWan": "wan2.1" if config.get("z_dim", 16) == 16 else "wan2.2",
-             "AutoencoderKLLTXVideo": "ltx-video"}.get(cls)  # fmt: skip
-    space = latent_space or guess
-    if space is None:
-        raise FastDecodersError(f"{folder}: an AutoencoderKL serves several families; pass --latents (e.g. sdxl)")
-    import diffusers
-
-    vae = getattr(diffusers, cls).from_pretrained(folder)
-    return DiffusersVAEDecoder.from_diffusers(vae, space)
-
-
 def vae_prune_setup(vae: nn.Module, keeps: Sequence[float], multiple: int = 8) -> VAESetup:
     name = type(vae).__name__
     builder = {"AutoencoderKL": _kl, "AutoencoderKLWan": _wan, "AutoencoderKLLTXVideo": _ltx}[name]

@@ -40,7 +40,7 @@ from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.fileformat import save_decoder
 from fastdecoders.prune.calib import calibration_latents
 from fastdecoders.prune.core import decoder_parameters, prune
-from fastdecoders.prune.ops import default_stages, swap_operators
+from fastdecoders.prune.ops import feature_points, swap_operators
 from fastdecoders.prune.source import load_source
 from fastdecoders.prune.widths import parse_keep
 from fastdecoders.weights import load_decoder
@@ -211,17 +211,6 @@ def phase_steps(text: str | None, recipe: Recipe) -> None:
 
 
 # -- phase 1: feature alignment --------------------------------------------------------------------------------------
-
-
-def feature_points(decoder: nn.Module) -> list[str]:
-    """Module paths whose outputs are aligned: the last module with weights of every stage but the output head
-    (latent side first; a TAE stage's last ResBlock, before its parameter-free upsampler)."""
-    stages = [paths for paths in default_stages(decoder).values() if paths]
-    points = []
-    for paths in stages[:-1]:
-        weighted = [p for p in paths if any(True for _ in decoder.get_submodule(p).parameters())]
-        points.append((weighted or paths)[-1])
-    return points
 
 
 class _Taps:

@@ -128,6 +128,17 @@ def default_stages(decoder: nn.Module) -> dict[str, list[str]]:
 
 
 @torch.inference_mode()
+def feature_points(decoder: nn.Module) -> list[str]:
+    """Module paths whose outputs are aligned: the last module with weights of every stage but the output head
+    (latent side first; a TAE stage's last ResBlock, before its parameter-free upsampler)."""
+    stages = [paths for paths in default_stages(decoder).values() if paths]
+    points = []
+    for paths in stages[:-1]:
+        weighted = [p for p in paths if any(True for _ in decoder.get_submodule(p).parameters())]
+        points.append((weighted or paths)[-1])
+    return points
+
+
 def profile_stages(
     decoder: nn.Module, latents: torch.Tensor, stages: dict[str, list[str]] | None = None, top: int = 4
 ) -> dict[str, Any]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
+from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import atomic_path
@@ -59,13 +61,12 @@ def _resolve(target: str, folder: Path) -> str:
     return str(local) if local.exists() else target
 
 
-def load_switch(path: Path, header: dict[str, Any], state: dict[str, Any],
-                weights_dir: str | os.PathLike | None = None) -> SwitchDecoder:  # fmt: skip
+def load_switch(path: Path, header: dict[str, Any], state: dict[str, Any], weights_dir: str | os.PathLike | None,
+                load_decoder: Callable[..., nn.Module]) -> SwitchDecoder:  # fmt: skip
     """A ``SwitchDecoder`` from a switch file's header and gate weights; its light and heavy decoders are loaded by
     name or path (relative to the file first; names on the weights path, ``weights_dir`` first). Missing decoders
-    are one error naming them."""
-    from fastdecoders.weights import load_decoder
-
+    are one error naming them. ``load_decoder`` is ``fastdecoders.weights.load_decoder``, passed in by it (it loads
+    switch files; switching sits above it)."""
     config = config_from_dict(SwitchConfig, header.get("config", {}))
     decoders, missing = {}, []
     for role in ("light", "heavy"):
