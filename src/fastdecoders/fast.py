@@ -25,15 +25,17 @@ warning, unless ``allow_fp16_overflow=True``.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
+from fastdecoders.backends import BACKENDS, choose_backend, runtime_decoder
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.torch_paths import fold_batchnorm, safe_half, torch_path
 
-BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "openvino", "auto")
+__all__ = ["BACKENDS", "FP16_MAX", "activation_ranges", "fold_batchnorm", "fp16_report", "optimize"]
+
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 
 
@@ -42,12 +44,12 @@ FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 
 def activation_ranges(decoder: nn.Module, latents: torch.Tensor) -> dict[str, float]:
     """Max |output| of every leaf module and residual block while decoding ``latents`` (run in float32)."""
-    from fastdecoders.models.layers import ResBlock
+    from fastdecoders.models.layers import TAEBlock
 
     ranges: dict[str, float] = {}
     hooks = []
     for name, module in decoder.named_modules():
-        if name and (not list(module.children()) or isinstance(module, ResBlock)):
+        if name and (not list(module.children()) or isinstance(module, TAEBlock)):
 
             def record(mod, args, out, name=name):
                 if isinstance(out, torch.Tensor):
@@ -73,41 +75,7 @@ def fp16_report(decoder: nn.Module, latents: torch.Tensor) -> dict[str, Any]:
 # -- fusion ---------------------------------------------------------------------------------------------------------
 
 
-def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    return fuse_conv_bn_eval(conv.eval(), bn.eval())
-
-
-def fold_batchnorm(decoder: nn.Module) -> int:
-    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d into it (in place); returns how many.
-
-    Covers ``nn.Sequential`` runs (conv, bn) and EffViT's attention ``proj``/``norm`` and MBConv ``project``/``norm``.
-    """
-    folded = 0
-    for module in list(decoder.modules()):
-        if isinstance(module, nn.Sequential):
-            for i in range(len(module) - 1):
-                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
-                    module[i] = _fold_bn(module[i], module[i + 1])
-                    module[i + 1] = nn.Identity()
-                    folded += 1
-        conv_name = getattr(module, "conv_before_norm", None)  # a module's own conv -> norm pair (EffViT blocks)
-        if conv_name and isinstance(module.norm, nn.BatchNorm2d):
-            setattr(module, conv_name, _fold_bn(getattr(module, conv_name), module.norm))
-            module.norm = nn.Identity()
-            folded += 1
-    return folded
-
-
 # -- optimize -------------------------------------------------------------------------------------------------------
-
-
-def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
-    x = args[0]
-    if isinstance(x, torch.Tensor) and x.ndim == 4:
-        return (x.contiguous(memory_format=torch.channels_last), *args[1:])
-    return args
 
 
 def optimize(
@@ -147,27 +115,17 @@ def optimize(
     if fuse:
         fold_batchnorm(decoder)
     if dtype == torch.float16 and not allow_fp16_overflow:
-        dtype = _safe_half(decoder)
+        dtype = safe_half(decoder)
     decoder.to(device=device, dtype=dtype)
     if backend == "auto":
-        from fastdecoders.backends import choose_backend
-
         shape, num_frames = _auto_shape(decoder, shape, num_frames)
         choice = choose_backend(decoder, shape, num_frames=num_frames)
         decoder = optimize(decoder, backend=choice["backend"], fuse=False)
         decoder.fastdecoders_auto = choice
         return decoder
     if backend in ("onnxruntime", "openvino"):
-        from fastdecoders.backends import runtime_decoder
-
         return runtime_decoder(decoder, backend)
-    if backend in ("channels_last", "compile"):
-        decoder.to(memory_format=torch.channels_last)
-        decoder.register_forward_pre_hook(_to_channels_last)
-    if backend == "compile":
-        decoder.compile(mode=compile_mode)
-    decoder.fastdecoders_backend = backend
-    return decoder
+    return torch_path(decoder, backend, compile_mode)
 
 
 def _auto_shape(decoder: nn.Module, shape: tuple[int, ...] | None, num_frames: int | None):
@@ -187,19 +145,3 @@ def _auto_shape(decoder: nn.Module, shape: tuple[int, ...] | None, num_frames: i
     return (1, c, 512 // f, 512 // f), None
 
 
-def _safe_half(decoder: nn.Module) -> torch.dtype:
-    """float16 where overflow was ruled out, else bfloat16 with a warning.
-
-    Safe: the TAE layers (measured on the upstream weights with Kodak and saturated latents: >= 74x headroom, see the
-    module docstring) and EffViT (its only wide sums, the linear attention's, run in float32).
-    Everything else (the original diffusers VAEs: SDXL's overflows in fp16; taehv, whose published
-    weights are not available here to measure) is not known to be safe.
-    """
-    if getattr(decoder, "fp16_safe", False):  # the decoder's own declaration (models/*.py)
-        return torch.float16
-    warnings.warn(
-        f"{type(decoder).__name__}: fp16 overflow is not ruled out for it; using bfloat16 "
-        "(pass allow_fp16_overflow=True to force float16)",
-        stacklevel=3,
-    )
-    return torch.bfloat16

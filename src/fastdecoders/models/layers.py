@@ -24,7 +24,7 @@ class Clamp(nn.Module):
         return torch.tanh(x / 3) * 3
 
 
-class ResBlock(nn.Module):
+class TAEBlock(nn.Module):
     """TAESD's block: ReLU(conv-ReLU-conv-ReLU-conv(x) + skip(x)); optional pooled-GroupNorm branch (TAEF2).
 
     The pool branch adds a 1x1 conv -> GroupNorm -> ReLU -> 1x1 conv bottleneck to the input first: FLUX.2 latents
@@ -96,7 +96,7 @@ def module_ops(module: nn.Module) -> SpatialOps:
         return [("up", int(scale))]
     if isinstance(module, nn.PixelShuffle):
         return [("up", module.upscale_factor)]
-    if isinstance(module, ResBlock):
+    if isinstance(module, TAEBlock):
         if module.pool is not None:
             return None  # TAEF2's pooled GroupNorm normalises over the whole map
         return [("conv", receptive_radius(module_ops(module.conv) or []))]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fastdecoders.models.base import Decoder
-from fastdecoders.models.layers import Clamp, ResBlock, conv3x3, module_ops, receptive_radius, sequence_ops
+from fastdecoders.models.layers import Clamp, TAEBlock, conv3x3, module_ops, receptive_radius, sequence_ops
 from fastdecoders.models.protocol import TileJob
 from fastdecoders.registry import DecoderSpec, register
 
@@ -45,7 +45,7 @@ def _decoder_layers(cfg: TAEConfig) -> list[nn.Module]:
         if stage > 0:
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), conv3x3(w[stage - 1], w[stage], bias=False)]
         pool = cfg.pool and stage == 0
-        layers += [ResBlock(w[stage], w[stage], pool=pool, pool_groups=cfg.pool_groups) for _ in range(n_blocks)]
+        layers += [TAEBlock(w[stage], w[stage], pool=pool, pool_groups=cfg.pool_groups) for _ in range(n_blocks)]
     layers.append(conv3x3(w[-1], 3))
     return layers
 
@@ -126,7 +126,7 @@ class TAEEncoder(nn.Module):
             if stage > 0:
                 layers.append(conv3x3(w[stage - 1], w[stage], stride=2, bias=False))
             pool = config.pool and stage == len(config.blocks) - 1
-            layers += [ResBlock(w[stage], w[stage], pool=pool, pool_groups=config.pool_groups) for _ in range(n_blocks)]
+            layers += [TAEBlock(w[stage], w[stage], pool=pool, pool_groups=config.pool_groups) for _ in range(n_blocks)]
         layers.append(conv3x3(w[-1], config.latent_channels))
         _register_sequence(self, layers)
 

@@ -2,7 +2,7 @@
 
 The TAE layers are exactly ``TAEDecoder``'s, under the same state-dict keys ("0.weight", "3.conv.0.weight", ...), so
 a TAE decoder's weights (e.g. the upstream ``taesd_decoder.safetensors``) load into them with ``load_tae_weights``.
-After the first stage (at latent resolution, where it is cheapest) sits ``TemporalMidBlock``: a spatial ResBlock,
+After the first stage (at latent resolution, where it is cheapest) sits ``TemporalMidBlock``: a spatial TAEBlock,
 self-attention across the frames of each clip at every pixel, and a zero-initialised output projection, blended into
 the frame-wise features with a learned mix factor like SVD's. At init the block is the identity, so the decoder is
 exactly the frame-wise TAE decoder it was loaded from, and fine-tuning starts from there.
@@ -21,7 +21,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import frames_to_video, video_to_frames
 from fastdecoders.models.base import Decoder
-from fastdecoders.models.layers import ResBlock, SpatialOps, module_ops, receptive_radius, sequence_ops
+from fastdecoders.models.layers import SpatialOps, TAEBlock, module_ops, receptive_radius, sequence_ops
 from fastdecoders.models.protocol import TileJob
 from fastdecoders.models.tae import TAEConfig, TAEDecoder, _decoder_layers, _register_sequence
 from fastdecoders.registry import DecoderSpec, register
@@ -61,7 +61,7 @@ def frame_embedding(num_frames: int, channels: int, device: torch.device, dtype:
 
 
 class TemporalMidBlock(nn.Module):
-    """x + (1 − α)·proj(attend_over_frames(ResBlock(x))), α = sigmoid(mix_factor); proj is zero at init.
+    """x + (1 − α)·proj(attend_over_frames(TAEBlock(x))), α = sigmoid(mix_factor); proj is zero at init.
 
     That is SVD's learned blend α·x + (1 − α)·(x + branch), written so that a zero branch returns x bit for bit.
     """
@@ -69,7 +69,7 @@ class TemporalMidBlock(nn.Module):
     def __init__(self, channels: int, head_dim: int):
         super().__init__()
         self.heads = channels // head_dim
-        self.spatial = ResBlock(channels, channels)
+        self.spatial = TAEBlock(channels, channels)
         self.norm = nn.LayerNorm(channels)
         self.frame_pos = nn.Linear(channels, channels)  # learned map of the sinusoidal frame index
         self.qkv = nn.Linear(channels, 3 * channels)
@@ -79,7 +79,7 @@ class TemporalMidBlock(nn.Module):
         self.mix_factor = nn.Parameter(torch.zeros(()))
 
     def spatial_ops(self) -> SpatialOps:
-        """The spatial ResBlock; attention runs across frames at each pixel, so it adds no spatial extent."""
+        """The spatial TAEBlock; attention runs across frames at each pixel, so it adds no spatial extent."""
         return module_ops(self.spatial)
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:

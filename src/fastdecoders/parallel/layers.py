@@ -64,13 +64,13 @@ def _diffusers_classes() -> dict[str, type]:
 def _row_local_types() -> tuple[type, ...]:
     """Modules whose own forward code (read for this) only mixes channels, columns or frames, never rows."""
     from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder
-    from fastdecoders.models.layers import Clamp, ResBlock
+    from fastdecoders.models.layers import Clamp, TAEBlock
     from fastdecoders.models.tae import TAEDecoder
     from fastdecoders.models.temporal import TemporalMidBlock, TemporalTAEDecoder
 
     torch_types = (nn.ReLU, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout, nn.Linear,
                    nn.Sequential, nn.ModuleList)  # fmt: skip
-    ours = (Clamp, ResBlock, TAEDecoder, DiffusersVAEDecoder, TemporalMidBlock, TemporalTAEDecoder)
+    ours = (Clamp, TAEBlock, TAEDecoder, DiffusersVAEDecoder, TemporalMidBlock, TemporalTAEDecoder)
     names = ("AutoencoderKL", "Decoder", "UNetMidBlock2D", "UpDecoderBlock2D", "AutoencoderKLWan", "WanDecoder3d",
              "WanResidualBlock", "WanMidBlock", "WanUpBlock", "WanResidualUpBlock", "DupUp3D")  # fmt: skip
     known = _diffusers_classes()

@@ -1,6 +1,6 @@
 """Pruning TAE decoders (TAESD, TAESDXL, TAEF1, TAEF2, TAE-192): a TAE with narrower per-stage ``widths``.
 
-Coupling in the TAE layout (``fastdecoders.models.tae``): a ResBlock adds its input back unchanged, so a stage's
+Coupling in the TAE layout (``fastdecoders.models.tae``): a TAEBlock adds its input back unchanged, so a stage's
 residual stream — the stage-transition conv's output, every block's input and output, the pool branch's output — is
 one channel set (space ``stream{s}``). Each block's two hidden activations are free (``{block}.h1``, ``{block}.h2``).
 TAEF2's pool branch has a 4·w hidden width under a 4-group GroupNorm: the student keeps 4·w' of it, w' per group,
@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from fastdecoders.models.layers import ResBlock
+from fastdecoders.models.layers import TAEBlock
 from fastdecoders.models.tae import TAEConfig, TAEDecoder
 from fastdecoders.prune.plan import Plan, Space
 
@@ -41,12 +41,12 @@ def tae_plan(teacher: TAEDecoder, widths: Sequence[int]) -> Plan:
             stage += 1
             plan.add(Space(f"stream{stage}", cfg.widths[stage], widths[stage]))
             plan.params[f"{name}.weight"] = (f"stream{stage}", stream)
-        elif isinstance(module, ResBlock):
+        elif isinstance(module, TAEBlock):
             _block(plan, name, module, stream, cfg, widths[stage])
     return plan
 
 
-def _block(plan: Plan, name: str, block: ResBlock, stream: str, cfg: TAEConfig, width: int) -> None:
+def _block(plan: Plan, name: str, block: TAEBlock, stream: str, cfg: TAEConfig, width: int) -> None:
     size = plan.spaces[stream].size
     h1 = plan.add(Space(f"{name}.h1", size, width))
     h2 = plan.add(Space(f"{name}.h2", size, width))
