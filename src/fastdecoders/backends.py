@@ -31,6 +31,10 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.protocol import LatentDecoder
+from fastdecoders.torch_paths import TORCH_BACKENDS, fold_batchnorm, safe_half, torch_path
+
+#: every backend ``fastdecoders.fast.optimize`` takes
+BACKENDS = (*TORCH_BACKENDS, "onnxruntime", "openvino", "auto")
 
 RUNTIME_BACKENDS = ("onnxruntime", "openvino")
 AUTO_RUNS = 3
@@ -81,7 +85,7 @@ def device_key(device: torch.device | str) -> str:
 
 
 def _providers(device: torch.device) -> list[str]:
-    from fastdecoders.export.runtime import require
+    from fastdecoders.export.spec import require
 
     ort = require("onnxruntime")
     if device.type == "cpu":
@@ -272,6 +276,16 @@ def _time(fn, runs: int) -> float:
     return statistics.median(times)
 
 
+def _candidate(decoder: nn.Module, backend: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """``decoder`` (a copy) prepared as ``fastdecoders.fast.optimize(decoder, backend, dtype, device)`` does."""
+    decoder.eval().requires_grad_(False)
+    fold_batchnorm(decoder)
+    decoder.to(device=device, dtype=safe_half(decoder) if dtype == torch.float16 else dtype)
+    if backend in RUNTIME_BACKENDS:
+        return runtime_decoder(decoder, backend)
+    return torch_path(decoder, backend)
+
+
 def choose_backend(decoder: nn.Module, shape: tuple[int, ...], dtype: torch.dtype | None = None,
                    device: torch.device | str | None = None, num_frames: int | None = None,
                    refresh: bool = False) -> dict[str, Any]:  # fmt: skip
@@ -280,8 +294,6 @@ def choose_backend(decoder: nn.Module, shape: tuple[int, ...], dtype: torch.dtyp
     ``decoder`` is not changed: each candidate runs on a copy.
     """
     import copy
-
-    from fastdecoders.fast import optimize
 
     param = next(decoder.parameters())
     device = torch.device(device) if device is not None else param.device
@@ -306,7 +318,7 @@ def choose_backend(decoder: nn.Module, shape: tuple[int, ...], dtype: torch.dtyp
         if reason:
             skipped[backend] = reason
             continue
-        candidate = optimize(copy.deepcopy(decoder), backend=backend, dtype=dtype, device=device)
+        candidate = _candidate(copy.deepcopy(decoder), backend, dtype, device)
 
         def step(m=candidate):
             with torch.inference_mode():
@@ -320,33 +332,6 @@ def choose_backend(decoder: nn.Module, shape: tuple[int, ...], dtype: torch.dtyp
              "measured": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     _save_choice(key, entry)
     return {**entry, "cached": False}
-
-
-# -- CLI ------------------------------------------------------------------------------------------------------------
-
-
-def add_backend_argument(parser: Any) -> None:
-    """``--backend`` for the decode/roundtrip verbs (bench takes a comma list of its own)."""
-    from fastdecoders.fast import BACKENDS
-
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="auto: the fastest measured here for this decoder, shape and dtype (measured once, "
-                        "cached in ~/.cache/fastdecoders/backends.json; decodes under 1 GFLOP stay eager); "
-                        "onnxruntime needs the onnx extra, openvino the openvino extra")  # fmt: skip
-
-
-def apply_backend(decoder: nn.Module, backend: str, shape: tuple[int, ...] | None = None,
-                  num_frames: int | None = None) -> nn.Module:  # fmt: skip
-    """``fastdecoders.fast.optimize(decoder, backend)`` for a CLI verb; ``shape`` is what ``auto`` measures at."""
-    from fastdecoders.fast import optimize
-
-    return optimize(decoder, backend=backend, shape=shape, num_frames=num_frames)
-
-
-def describe(decoder: nn.Module) -> dict[str, Any]:
-    """What a verb reports about the backend it ran: {"backend", "auto": measurement or None}."""
-    auto = getattr(decoder, "fastdecoders_auto", None)
-    return {"backend": getattr(decoder, "fastdecoders_backend", "eager"), "auto": auto}
 
 
 #: ``auto`` measures at the decode's shape capped at this many latent pixels per side and frames per clip: the

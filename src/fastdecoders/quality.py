@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -80,3 +81,17 @@ def roundtrip_scores(decoder: nn.Module, encoder: nn.Module, images01: list[torc
         scores["psnr"].append(float(psnr(decoded[None], image[None])[0]))
         scores["ssim"].append(float(ssim(decoded[None], image[None])[0]))
     return {k: sum(v) / len(v) for k, v in scores.items()}
+
+
+#: scikit-image's sample photos: the round trip's and the export check's default inputs
+SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
+
+
+def sample_photo_paths() -> list[Path]:
+    """scikit-image's sample photos that are installed (one error if scikit-image is not)."""
+    try:
+        import skimage
+    except ImportError:
+        raise FastDecodersError("no --images given and scikit-image (the sample photos) is not installed") from None
+    folder = Path(skimage.__file__).parent / "data"
+    return [folder / name for name in SAMPLE_PHOTOS if (folder / name).is_file()]

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from fastdecoders.backends import add_backend_argument, apply_backend, call_shape, describe
+from fastdecoders.backends import call_shape
 from fastdecoders.commands import add_device, add_weights_dir
 from fastdecoders.commands import batch_args as batch_cli
 from fastdecoders.commands import parallel_args as parallel_cli
+from fastdecoders.commands.backend_args import add_backend_argument, apply_backend, describe
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import IMAGE_SUFFIXES, check_fps, output_file, read_latents, write_image, write_video
 from fastdecoders.latents import get_latent_space, ncthw_to_ntchw, ntchw_to_ncthw, to_01

@@ -48,7 +48,7 @@ def _size(text: str | None, default: int, factor: int) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> dict:
     from fastdecoders.export.onnx import graph_kind
-    from fastdecoders.export.runtime import require
+    from fastdecoders.export.spec import require
 
     if args.batch < 1 or (args.frames is not None and args.frames < 1):
         raise FastDecodersError(f"expected --batch >= 1 and --frames >= 1, got {args.batch} and {args.frames}")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdecoders.backends import add_backend_argument, apply_backend, describe
 from fastdecoders.commands import add_device, add_weights_dir, format_table
+from fastdecoders.commands.backend_args import add_backend_argument, apply_backend, describe
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import (
     IMAGE_SUFFIXES,
@@ -24,13 +24,11 @@ from fastdecoders.io import (
 )
 from fastdecoders.latents import get_latent_space
 from fastdecoders.progress import progress
-from fastdecoders.quality import roundtrip
+from fastdecoders.quality import roundtrip, sample_photo_paths
 from fastdecoders.weights import load_decoder, load_encoder
 
+
 # photos that ship inside scikit-image's wheel (public domain / CC0), so the verb runs on a fresh machine
-SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("decoder", help="registry name, weights file/folder, or hub id")
     parser.add_argument("--images", default=None, help="folder of photos (default: sample photos from scikit-image)")
@@ -46,15 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_weights_dir(parser)
     add_device(parser)
     add_backend_argument(parser)
-
-
-def sample_photo_paths() -> list[Path]:
-    try:
-        import skimage
-    except ImportError:
-        raise FastDecodersError("no --images given and scikit-image (the sample photos) is not installed") from None
-    folder = Path(skimage.__file__).parent / "data"
-    return [folder / name for name in SAMPLE_PHOTOS if (folder / name).is_file()]
 
 
 def run(args: argparse.Namespace) -> dict:

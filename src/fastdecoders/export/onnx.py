@@ -20,20 +20,18 @@ import json
 import logging
 import sys
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.export.spec import FORMAT_VERSION, MAX_BATCH, MAX_FRAMES, MAX_SIDE, METADATA_KEY, GraphSpec, require
+from fastdecoders.export.stream import stream_graph_spec
 from fastdecoders.models.fileformat import check_finite_state
 
 #: architectures that export, by graph kind; everything else is refused with this list.
 SUPPORTED = {"tae": "image", "effvit": "image", "tae-temporal": "clip", "taehv": "stream"}
-METADATA_KEY = "fastdecoders"
-FORMAT_VERSION = 1
-MAX_BATCH, MAX_SIDE, MAX_FRAMES = 64, 512, 256
 
 
 def check_arch(arch: str, name: str) -> str:
@@ -48,21 +46,6 @@ def graph_kind(decoder: nn.Module) -> str:
     """``image``, ``clip`` or ``stream`` for an exportable decoder; one line naming what is supported otherwise."""
     name = getattr(decoder, "registry_name", None) or type(decoder).__name__
     return check_arch(getattr(decoder, "arch", type(decoder).__name__), name)
-
-
-@dataclass
-class GraphSpec:
-    """One graph to export: the module, example inputs, names, dynamic axes and the shape range it accepts."""
-
-    module: nn.Module
-    example: tuple[torch.Tensor, ...]
-    input_names: list[str]
-    output_names: list[str]
-    #: torch.export ``dynamic_shapes`` mirroring the forward's arguments ({axis: Dim} per tensor); () when static.
-    dynamic_shapes: tuple
-    #: input name -> (min shape, max shape), inclusive, what ``OnnxDecoder`` accepts.
-    ranges: dict[str, tuple[list[int], list[int]]]
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _ClipGraph(nn.Module):
@@ -89,8 +72,6 @@ def graph_spec(decoder: nn.Module, latent_hw: tuple[int, int], batch: int = 1, f
     h, w = latent_hw
     param = next(decoder.parameters())
     if kind == "stream":
-        from fastdecoders.export.stream import stream_graph_spec
-
         return stream_graph_spec(decoder, latent_hw, batch, frames, dynamic)
     if kind == "image":
         module, shape, out = decoder, [batch, c, h, w], "image"
@@ -126,8 +107,6 @@ def _quiet_exporter():
 
 def export_graph(spec: GraphSpec, opset: int | None = None):
     """The ``onnx.ModelProto`` of ``spec`` (torch.export-based exporter, weights inside)."""
-    from fastdecoders.export.runtime import require
-
     require("onnx")
     require("onnxscript")
     module = spec.module.eval()

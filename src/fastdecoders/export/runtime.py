@@ -8,7 +8,6 @@ sees them.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -18,26 +17,11 @@ import numpy as np
 import torch
 
 from fastdecoders.errors import FastDecodersError
-
-#: module -> the pip extra that brings it.
-EXTRAS = {"onnxruntime": "onnx", "onnx": "onnx", "onnxscript": "onnx", "openvino": "openvino"}
-
-
-def require(module: str) -> Any:
-    """Import ``module`` or fail with one line naming the extra to install (the CLI exits 2)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        extra = EXTRAS.get(module, module)
-        raise FastDecodersError(
-            f"expected {module} to be installed for ONNX export/runtime, got none: pip install 'fastdecoders[{extra}]'"
-        ) from None
+from fastdecoders.export.spec import METADATA_KEY, require
 
 
 def read_metadata(model_or_path: Any) -> dict[str, Any]:
     """The ``fastdecoders`` metadata of an ONNX file, ``onnx.ModelProto`` or ``InferenceSession``."""
-    from fastdecoders.export.onnx import METADATA_KEY
-
     if hasattr(model_or_path, "get_modelmeta"):  # an InferenceSession
         props = model_or_path.get_modelmeta().custom_metadata_map
     else:

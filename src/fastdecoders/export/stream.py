@@ -25,6 +25,7 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.export.runtime import Runner, check_shape, static_hint
+from fastdecoders.export.spec import MAX_BATCH, MAX_FRAMES, MAX_SIDE, GraphSpec
 
 
 def _memory_steps(decoder: nn.Module) -> list[int]:
@@ -75,8 +76,6 @@ def state_shapes(decoder: nn.Module, batch: int, h: int, w: int) -> list[tuple[i
 
 def stream_graph_spec(decoder: nn.Module, latent_hw: tuple[int, int], batch: int, frames: int, dynamic: bool):
     """The ``GraphSpec`` of a streaming step with an example chunk of ``frames`` latent frames."""
-    from fastdecoders.export.onnx import MAX_BATCH, MAX_FRAMES, MAX_SIDE, GraphSpec
-
     param = next(decoder.parameters())
     # torch.export specialises sizes of 1: trace dynamic graphs at >= 2 on every dynamic axis
     b, t, h, w = (max(n, 2) for n in (batch, frames, *latent_hw)) if dynamic else (batch, frames, *latent_hw)
