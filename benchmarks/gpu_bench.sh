@@ -31,7 +31,7 @@ bench() {  # bench NAME ARGS...: run one fastdecoders bench, keep its JSON and p
     python -m fastdecoders bench "$@" --device "$DEVICE" "${EXTRA[@]}" --json -o "$OUT/$name.png" > "$OUT/$name.json"
     python - "$OUT/$name.json" <<'PY'
 import json, sys
-from fastdecoders.bench.cli import render
+from fastdecoders.commands.bench_cmd import render
 print(render(json.load(open(sys.argv[1]))))
 print()
 PY

@@ -22,13 +22,13 @@ VERBS: dict[str, tuple[str, str]] = {
     "encode": ("fastdecoders.commands.encode_cmd", "encode folders of photos/videos to latents shards"),
     "roundtrip": ("fastdecoders.commands.roundtrip_cmd", "encode photos, decode them, report PSNR/SSIM and a grid"),
     "convert": ("fastdecoders.commands.convert_cmd", "convert weights to our safetensors or a diffusers folder"),
-    "bench": ("fastdecoders.bench.cli", "latency and memory against the decoder being replaced"),
+    "bench": ("fastdecoders.commands.bench_cmd", "latency and memory against the decoder being replaced"),
     "export": ("fastdecoders.commands.export_cmd", "export a decoder to ONNX, verified against PyTorch on the spot"),
     "eval": ("fastdecoders.commands.eval_cmd", "quality on real images/videos: PSNR, SSIM, LPIPS, FID, flicker"),
     "train": ("fastdecoders.commands.train_cmd", "distil a student decoder from a teacher (YAML config)"),
     "prune": ("fastdecoders.commands.prune_cmd", "independence-aware channel pruning of an existing decoder"),
     "switch": ("fastdecoders.commands.switch_cmd", "fit a light/heavy decoder switch (a gate routing each item)"),
-    "preview": ("fastdecoders.previews.cli", "fit a linear latent->RGB preview for a VAE (preview fit)"),
+    "preview": ("fastdecoders.commands.preview_cmd", "fit a linear latent->RGB preview for a VAE (preview fit)"),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -410,3 +411,25 @@ def device_name(device: str) -> str:
     threads = torch.get_num_threads()
     cpu = platform.processor() or platform.machine()
     return f"cpu {cpu} x{os.cpu_count()}, {threads} torch threads (torch {torch.__version__})"
+
+
+def bench_grid(grid: Grid, measure_peak: bool = True, plot: str | None = None) -> dict[str, Any]:
+    """``fastdecoders bench``'s result: every grid cell measured (``run_grid``), the device's measured matmul/copy
+    peaks (``measure_peak``), how it was measured, and the latency plot written to ``plot``."""
+    from fastdecoders.bench.flops import device_peak
+    from fastdecoders.bench.plot import plot_latency
+
+    peaks = device_peak(grid.device, size=256 if grid.tiny else None) if measure_peak else None
+    rows, skipped = run_grid(grid, peaks=peaks)
+    result: dict[str, Any] = {"device": device_name(grid.device), "rows": rows, "skipped": skipped}
+    result["device_peak"] = peaks
+    result["method"] = (
+        f"{grid.warmup} warm-up + {grid.runs} timed runs per cell; "
+        + ("CUDA events, peak = torch.cuda.max_memory_allocated" if grid.device.startswith("cuda") else
+           "perf_counter, peak = weights + inputs + process RSS growth in one decode")
+        + "; FLOPs: torch.utils.flop_counter (matmul/conv)"
+    )  # fmt: skip
+    if grid.tiny:
+        result["note"] = "--tiny: few-thousand-weight test configs; the numbers say nothing about the real decoders"
+    result["plot"] = str(plot_latency(rows, plot, title=result["device"]))
+    return result

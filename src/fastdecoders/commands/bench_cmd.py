@@ -71,7 +71,7 @@ def _device(name: str) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from fastdecoders.bench.speed import CPU_SIZES, GPU_SIZES, check_device, parse_dtype, parse_size
+    from fastdecoders.bench.speed import CPU_SIZES, GPU_SIZES, Grid, bench_grid, check_device, parse_dtype, parse_size
 
     if args.batch < 1 or args.runs < 1 or args.warmup < 0 or args.frames < 1:
         raise FastDecodersError(
@@ -92,32 +92,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.sizes is not None and not args.sizes:
         raise FastDecodersError("--sizes: expected at least one size, e.g. 256,512, got none")
     sizes = [parse_size(s) for s in (args.sizes or (GPU_SIZES if dev.type == "cuda" else CPU_SIZES))]
-    return run_bench(args, device, dtypes, sizes)
-
-
-def run_bench(args: argparse.Namespace, device: str, dtypes: list[str], sizes: list) -> dict[str, Any]:
-    from fastdecoders.bench.flops import device_peak
-    from fastdecoders.bench.plot import plot_latency
-    from fastdecoders.bench.speed import Grid, device_name, run_grid
-
     grid = Grid(
         decoders=list(args.decoders), sizes=sizes, batch=args.batch, dtypes=dtypes, backends=args.backend,
         device=device, runs=args.runs, warmup=args.warmup, teacher=not args.no_teacher, frames=args.frames,
         tiny=args.tiny, split_sizes=args.sizes is None,
     )  # fmt: skip
-    peaks = None if args.no_peak else device_peak(device, size=256 if args.tiny else None)
-    rows, skipped = run_grid(grid, peaks=peaks)
-    result: dict[str, Any] = {"device": device_name(device), "rows": rows, "skipped": skipped}
-    result["device_peak"] = peaks
-    result["method"] = (
-        f"{args.warmup} warm-up + {args.runs} timed runs per cell; "
-        + ("CUDA events, peak = torch.cuda.max_memory_allocated" if device.startswith("cuda") else
-           "perf_counter, peak = weights + inputs + process RSS growth in one decode")
-        + "; FLOPs: torch.utils.flop_counter (matmul/conv)"
-    )  # fmt: skip
-    if args.tiny:
-        result["note"] = "--tiny: few-thousand-weight test configs; the numbers say nothing about the real decoders"
-    result["plot"] = str(plot_latency(rows, args.plot, title=result["device"]))
+    result = bench_grid(grid, measure_peak=not args.no_peak, plot=args.plot)
     print(f"plot: {result['plot']}", file=sys.stderr)
     return result
 
