@@ -62,9 +62,9 @@ def real_latents(decoder: nn.Module, shape: tuple[int, ...], kind: str, weights_
 
 def _torch_decode(decoder: nn.Module, z: torch.Tensor, kind: str) -> torch.Tensor:
     with torch.no_grad():
-        if kind == "clip":  # (B, T, C, h, w): one clip per batch item
-            return decoder(z.flatten(0, 1), num_frames=z.shape[1]).unflatten(0, z.shape[:2])
-        return decoder(z)
+        if kind == "clip":  # the graph's (B, T, C, h, w): one clip of frames per batch item
+            return decoder.decode_latents(z.flatten(0, 1), num_frames=z.shape[1]).unflatten(0, z.shape[:2])
+        return decoder.decode_latents(z)
 
 
 def verify(decoder: nn.Module, model: Any, meta: dict[str, Any], latents: torch.Tensor | None = None,
