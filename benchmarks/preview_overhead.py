@@ -2,7 +2,7 @@
 
 Each run attaches ``fastdecoders.preview(pipe, decoder, every=1)``; the callback times its own work (decode + copy to
 the CPU, in-memory sink) and the interval since it last returned (the pipeline's step without the preview). Medians
-over the steps after the first. Pipelines: the tiny random ones (fastdecoders.integrations.tiny), and the real-size
+over the steps after the first. Pipelines: the tiny random ones (fastdecoders.testing.tiny_pipelines), and the real-size
 SDXL UNet (stabilityai/stable-diffusion-xl-base-1.0 config, random weights, CFG on) at a small resolution.
 
     python benchmarks/preview_overhead.py                       # tiny pipelines only (seconds)
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import fastdecoders
-from fastdecoders.integrations.tiny import tiny_pipeline
+from fastdecoders.testing.tiny_pipelines import tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 TAE = {"sd": "taesd", "sdxl": "taesdxl", "flux": "taef1"}

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     note = None
     if args.tiny:
-        from fastdecoders.integrations.tiny import tiny_pipeline
+        from fastdecoders.testing.tiny_pipelines import tiny_pipeline
 
         torch.manual_seed(args.seed)
         pipe, call = tiny_pipeline("sdxl")

@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None, default_decoder: str = "taesd") -> argpar
 def load_pipeline(args: argparse.Namespace) -> tuple[object, dict]:
     """(pipeline, call kwargs): the tiny random one, or the real one with the conditioning image."""
     if args.tiny:
-        from fastdecoders.integrations.tiny import tiny_pipeline
+        from fastdecoders.testing.tiny_pipelines import tiny_pipeline
 
         torch.manual_seed(args.seed)
         pipe, call = tiny_pipeline("svd")

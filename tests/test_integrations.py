@@ -26,11 +26,11 @@ import diffusers  # noqa: E402
 import fastdecoders  # noqa: E402
 from fastdecoders import FastDecodersError  # noqa: E402
 from fastdecoders.integrations.diffusers import DiffusersVAEAdapter  # noqa: E402
-from fastdecoders.integrations.tiny import conditioning_image, tiny_pipeline  # noqa: E402
 from fastdecoders.latents import to_01  # noqa: E402
 from fastdecoders.models.diffusers_vae import vae_latent_spaces  # noqa: E402
+from fastdecoders.testing.tiny_pipelines import conditioning_image, tiny_pipeline  # noqa: E402
 
-# -- tiny random pipelines (fastdecoders.integrations.tiny), with checkpoint numbers that differ from the registry's:
+# -- tiny random pipelines (testing.tiny_pipelines), with checkpoint numbers that differ from the registry's:
 # the adapter must take the checkpoint's own values.
 
 

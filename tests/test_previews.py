@@ -10,10 +10,10 @@ from PIL import Image
 
 import fastdecoders
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.integrations.tiny import tiny_pipeline
 from fastdecoders.latents import get_latent_space
 from fastdecoders.previews import LinearPreview, fit_linear, load_linear_preview, shipped_families
 from fastdecoders.previews.fit import encode_pairs, preview_psnr, resolve_codec
+from fastdecoders.testing.tiny_pipelines import tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

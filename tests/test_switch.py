@@ -167,7 +167,7 @@ def test_public_switch_with_budget(pair):
 
 
 def test_pipeline_adapter_heavy_is_the_pipelines_vae(tmp_path):
-    from fastdecoders.integrations.tiny import tiny_pipeline
+    from fastdecoders.testing.tiny_pipelines import tiny_pipeline
 
     pipe = tiny_pipeline("sd", scaling_factor=0.2)[0]
     light = tiny("taesd", 7)

@@ -49,7 +49,7 @@ def test_write_stream_refuses_bad_clips_and_writes_nothing(tmp_path):
 
 def test_wan_pipeline_latents_stream_to_mp4_through_the_swap(tmp_path):
     pytest.importorskip("transformers")
-    from fastdecoders.integrations.tiny import tiny_pipeline
+    from fastdecoders.testing.tiny_pipelines import tiny_pipeline
 
     pipe, kwargs = tiny_pipeline("wan")
     decoder = build_decoder("taew2_1", tiny=True)

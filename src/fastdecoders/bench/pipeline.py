@@ -26,7 +26,7 @@ import torch
 
 from fastdecoders.bench.speed import DTYPES, Size, load_for_bench
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.integrations.tiny import tiny_pipeline
+from fastdecoders.testing.tiny_pipelines import tiny_pipeline
 
 PIPELINES = ("sdxl", "svd", "wan2.1")
 TEACHERS = {"sdxl": "sdxl-vae", "svd": "svd-vae", "wan2.1": "wan2.1-vae"}

@@ -7,6 +7,8 @@ benchmark's smoke mode all build them here.
 
 ``tiny_pipeline(kind, **vae_config)`` -> ``(pipeline, call_kwargs)``; ``vae_config`` overrides the VAE's constructor
 arguments (a test can give a checkpoint scaling or latent statistics that differ from the published ones).
+diffusers (and transformers, for SVD) are imported inside the builders: ``fastdecoders bench`` imports this module,
+and only its ``--pipeline --tiny`` mode needs them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.latents import get_latent_space
 
 #: the kinds ``tiny_pipeline`` builds, each with the latent family its VAE encodes
 KINDS = {"sd": "sd1", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux1", "svd": "svd", "wan": "wan2.1", "ltx": "ltx-video"}
@@ -137,8 +140,6 @@ def _svd(**vae_config: Any) -> tuple[Any, dict]:
 
 def _wan(**vae_config: Any) -> tuple[Any, dict]:
     import diffusers
-
-    from fastdecoders.latents import get_latent_space
 
     space = get_latent_space("wan2.1")
     vae = diffusers.AutoencoderKLWan(
