@@ -108,9 +108,10 @@ def peer_gone(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def lost_peers_are_one_line(d: Dist, out: Path, last_checkpoint: Callable[[], Path | None]) -> Iterator[None]:
+def lost_peers_are_one_line(d: Dist, last_checkpoint: Callable[[], Path | None]) -> Iterator[None]:
     """Turn a collective that fails because another process died into one ``FastDecodersError`` line saying what
-    to do (torchrun names the process that died first); every other error passes through unchanged."""
+    to do (torchrun names the process that died first); every other error passes through unchanged.
+    ``last_checkpoint()``: the checkpoint a restart would resume from (None: none yet)."""
     try:
         yield
     except (RuntimeError, dist.DistError) as e:

@@ -30,6 +30,8 @@ import torch
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import atomic_write_text
+from fastdecoders.latents import LatentSpace
+from fastdecoders.models import Decoder
 from fastdecoders.train import checkpoint as ckpt
 from fastdecoders.train.card import describe_phase, weights_sha256, write_outputs
 from fastdecoders.train.config import TrainConfig, resolve_paths
@@ -73,13 +75,15 @@ def train(cfg: TrainConfig, out: str | os.PathLike, resume: bool | str | None = 
     d = init_distributed(cfg.train.device)
     try:
         last_checkpoint = lambda: next(reversed([p for _, p in ckpt.list_checkpoints(out)]), None)  # noqa: E731
-        with lost_peers_are_one_line(d, out, last_checkpoint):
+        with lost_peers_are_one_line(d, last_checkpoint):
             return _run(cfg, out, space, kind, resumed, d, init)
     finally:
         close(d)
 
 
-def _run(cfg: TrainConfig, out: Path, space, kind: str, resumed, d: Dist, init) -> dict[str, Any]:
+def _run(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed: tuple[Path, dict] | None, d: Dist,
+         init: Decoder | None) -> dict[str, Any]:  # fmt: skip
+    """The run, after the checks: setup, the step loop, the end (``train`` joins and leaves the process group)."""
     t, device = cfg.train, d.device
     random.seed(t.seed)
     np.random.seed(t.seed)
