@@ -25,6 +25,8 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import LatentSpace, to_01, to_pm1
+from fastdecoders.models.diffusers_vae import open_vae
+from fastdecoders.weights import load_encoder
 
 
 def latent_form(space: LatentSpace) -> str:
@@ -79,8 +81,6 @@ class Encoder:
 
 
 def tae_encoder(space: LatentSpace, weights_dir=None, device="cpu", dtype=torch.float32) -> Encoder:
-    from fastdecoders.weights import load_encoder
-
     if space.tae_encoder is None:
         raise FastDecodersError(
             f"no tiny encoder makes {space.name} latents here; pass --vae PATH (a diffusers "
@@ -102,7 +102,7 @@ def diffusers_encoder(path: str | os.PathLike, space: LatentSpace, device="cpu",
     if cls is None:
         raise FastDecodersError(f"this diffusers has no {space.vae_class} (needed for {space.name} latents)")
     try:
-        vae = cls.from_pretrained(str(path)).to(device=device, dtype=dtype).eval()
+        vae = open_vae(path, space.vae_class).to(device=device, dtype=dtype).eval()
     except Exception as e:  # missing files, wrong class, unreadable weights: one line for the user
         raise FastDecodersError(f"--vae {path}: not a loadable {space.vae_class} folder ({type(e).__name__})") from None
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)

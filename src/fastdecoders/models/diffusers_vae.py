@@ -290,6 +290,21 @@ def vae_from_folder(class_name: str, folder: Path) -> nn.Module:
     return vae.eval()
 
 
+def open_vae(source: str | os.PathLike, vae_class: str, subfolder: str | None = None) -> nn.Module:
+    """A whole diffusers VAE (encoder and decoder) of class ``vae_class``, in eval mode: a local folder (a VAE folder,
+    a pipeline folder holding ``vae/``, or ``source/subfolder``) is loaded strictly (``vae_from_folder``); anything
+    else is a hub id, fetched by diffusers' ``from_pretrained``. The one loader of a diffusers VAE the teacher (train),
+    the encoder (eval) and ``load_decoder`` share. Local errors are ``FastDecodersError``; the hub's are diffusers'."""
+    import diffusers  # lazy: importing diffusers costs seconds and most decoders never need it
+
+    folder = Path(source).expanduser() / (subfolder or "")
+    if folder.is_dir():
+        found = vae_folder(folder) or folder
+        return vae_from_folder(vae_class, found)
+    cls = getattr(diffusers, vae_class)
+    return cls.from_pretrained(str(source), **({"subfolder": subfolder} if subfolder else {})).eval()
+
+
 def _current_names(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Older attention keys (``query``/``key``/``value``/``proj_attn``, 1x1-conv shaped) under today's names, when
     the model expects those; every other key as it is (``load_strict`` then judges them)."""

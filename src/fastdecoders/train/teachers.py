@@ -24,7 +24,10 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import LATENT_SPACES, LatentSpace, get_latent_space, to_pm1
+from fastdecoders.models.diffusers_vae import open_vae
+from fastdecoders.registry import get_spec, is_registered
 from fastdecoders.train.config import StudentConfig, TeacherConfig
+from fastdecoders.weights import TAE_ENCODERS, load_decoder, load_encoder
 
 
 def spaces_compatible(a: LatentSpace, b: LatentSpace) -> bool:
@@ -42,15 +45,11 @@ def _encoder_spaces(stem: str) -> list[str]:
 
 def _decoder_space_without_loading(name: str) -> str | None:
     """The latent space a registered teacher decoder reads; None for files and hub ids (known once loaded)."""
-    from fastdecoders.registry import get_spec, is_registered
-
     return get_spec(name).latents if is_registered(name) else None
 
 
 def teacher_space(cfg: TeacherConfig) -> LatentSpace:
     """The latent space the teacher's encoder makes, from the config alone."""
-    from fastdecoders.weights import TAE_ENCODERS
-
     if cfg.encoder is not None and cfg.encoder not in TAE_ENCODERS:
         known = ", ".join(TAE_ENCODERS)
         raise FastDecodersError(f"teacher.encoder: expected a TAE encoder ({known}), got {cfg.encoder!r}")
@@ -78,8 +77,6 @@ def teacher_space(cfg: TeacherConfig) -> LatentSpace:
 
 def student_space(cfg: StudentConfig) -> LatentSpace | None:
     """The latent space a registered student reads; None when only known after loading ``student.init``."""
-    from fastdecoders.registry import get_spec
-
     return None if cfg.name is None else get_latent_space(get_spec(cfg.name).latents)
 
 
@@ -196,8 +193,6 @@ def _module_digest(module: nn.Module) -> str:
 
 def load_teacher(cfg: TeacherConfig, device: torch.device) -> Teacher:
     """Load the teacher's weights (after ``check_spaces`` passed); one clear error for anything missing."""
-    from fastdecoders.weights import load_decoder, load_encoder
-
     space = teacher_space(cfg)
     if cfg.vae is not None:
         vae, stats = _load_vae(cfg, space, device)
@@ -226,13 +221,12 @@ def _load_vae(cfg: TeacherConfig, space: LatentSpace, device: torch.device) -> t
     cls = getattr(diffusers, space.vae_class, None)
     if cls is None:
         raise FastDecodersError(f"this diffusers has no {space.vae_class} (the {space.name} VAE class)")
-    kwargs = {"subfolder": cfg.vae_subfolder} if cfg.vae_subfolder else {}
     looks_local = cfg.vae.startswith((".", "/", "~")) or cfg.vae.count("/") != 1 or Path(cfg.vae).suffix
     if looks_local and not Path(cfg.vae).expanduser().is_dir():
         raise FastDecodersError(f"teacher.vae: expected a diffusers VAE folder or a hub id, got {cfg.vae!r} "
                                 "(no such folder)")  # fmt: skip
     try:
-        vae = cls.from_pretrained(cfg.vae, **kwargs)
+        vae = open_vae(cfg.vae, space.vae_class, cfg.vae_subfolder)
     except Exception as e:  # missing files, offline hub, wrong class: one line for the user
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise FastDecodersError(
