@@ -166,12 +166,8 @@ class Teacher:
             raw = self.space.to_raw(z, *(self.stats or (None, None)))
             kwargs = {"num_frames": frames} if type(self.vae).__name__ == "AutoencoderKLTemporalDecoder" else {}
             x = self.vae.decode(raw, **kwargs).sample
-        elif getattr(self.decoder, "latent_ndim", 4) == 5:
-            x = self.decoder(z)
-        elif getattr(self.decoder, "arch", None) == "tae-temporal":
-            x = self.decoder(z, num_frames=frames)
-        else:
-            x = self.decoder(z)
+        else:  # the decode protocol: frames (+ frames per clip) or NCTHW clips, as the decoder needs them
+            x = self.decoder.decode_latents(z, num_frames=frames)
         if self.clip_wise:
             x = x[0].permute(1, 0, 2, 3)
         return x
