@@ -9,6 +9,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fractions import Fraction
@@ -390,8 +391,6 @@ def readable_file(path: str | os.PathLike, what: str) -> Path:
 def declared_bytes(path: Path) -> tuple[int, str]:
     """(bytes, description) that a safetensors or torch zip file says its tensors take, read from its header or
     zip directory only; (0, "") when the format does not say."""
-    import zipfile
-
     if path.suffix == ".safetensors":
         try:
             with open(path, "rb") as f:

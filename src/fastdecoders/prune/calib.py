@@ -12,6 +12,7 @@ from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import center_crop_resize, list_images, read_image, read_latents
 from fastdecoders.latents import get_latent_space, to_pm1
 from fastdecoders.progress import progress
+from fastdecoders.weights import load_encoder
 
 
 def load_photos(folder: str | os.PathLike, count: int | None, size: int, skip: int = 0) -> torch.Tensor:
@@ -28,8 +29,6 @@ def encode_photos(
     images01: torch.Tensor, space_name: str, weights_dir=None, device="cpu", batch_size: int = 8
 ) -> torch.Tensor:
     """Diffusion-space latents of (N, 3, H, W) photos in [0, 1] by the latent space's tiny encoder."""
-    from fastdecoders.weights import load_encoder
-
     space = get_latent_space(space_name)
     if space.tae_encoder is None:
         raise FastDecodersError(f"{space.name} has no tiny encoder here; pass --calib-latents (a latents file)")

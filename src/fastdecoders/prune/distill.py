@@ -43,6 +43,7 @@ from fastdecoders.prune.core import decoder_parameters, prune
 from fastdecoders.prune.ops import feature_points, swap_operators
 from fastdecoders.prune.source import load_source
 from fastdecoders.prune.widths import parse_keep
+from fastdecoders.train import config_from_dict, train
 from fastdecoders.weights import load_decoder
 
 
@@ -103,8 +104,6 @@ class Recipe:
 
 def parse_recipe(values: dict[str, Any], source: str = "recipe") -> Recipe:
     """A ``Recipe`` from YAML data, every phase's trainer config validated up front (one error, before any work)."""
-    from fastdecoders.train.config import config_from_dict
-
     phase_keys = {f.name for f in dataclasses.fields(Phase)}
     if not isinstance(values, dict):
         raise FastDecodersError(f"{source}: expected a mapping with prune/phases and trainer sections, got {values!r}")
@@ -355,8 +354,6 @@ def run_recipe(recipe: Recipe, out: str | Path, device: str = "cpu", weights_dir
                log_every: int = 0) -> dict[str, Any]:  # fmt: skip
     """Prune, then run every phase in order; writes ``OUT/pruned.safetensors``, ``OUT/<i>-<name>/model.safetensors``
     per phase and ``OUT/result.json``. Returns the summary (the final model under ``checkpoint``)."""
-    from fastdecoders.train import config_from_dict, train
-
     out = Path(out)
     p, teacher_cfg = recipe.prune, recipe.train_sections.get("teacher") or {}
     source = p.get("teacher", teacher_cfg.get("decoder"))

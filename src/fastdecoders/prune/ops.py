@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastdecoders.bench.timing import default_sync, time_fn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder
 from fastdecoders.models.video_ops import (
@@ -99,8 +100,6 @@ def decode_chunks(decoder: nn.Module, latents: torch.Tensor, split: Sequence[int
 @torch.inference_mode()
 def time_decode(decoder: nn.Module, latents: torch.Tensor, warmup: int = 1, iters: int = 3) -> float:
     """Median milliseconds of ``decoder(latents)``, synchronised (GPU work finishes inside the timed region)."""
-    from fastdecoders.bench.timing import default_sync, time_fn
-
     return time_fn(lambda: decoder(latents), warmup=warmup, runs=iters, sync=default_sync(latents.device)).ms_median
 
 
@@ -150,7 +149,6 @@ def profile_stages(
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from fastdecoders.bench.timing import default_sync
 
     stages = stages or default_stages(decoder)
     device = latents.device

@@ -22,7 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastdecoders.bench.flops import count_flops
+from fastdecoders.bench.timing import default_sync, time_fn
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.eval.metrics import psnr
 from fastdecoders.io import atomic_path
 from fastdecoders.latents import to_01
 from fastdecoders.models.fileformat import save_decoder
@@ -65,8 +68,6 @@ def _run(decoder: nn.Module, latents: torch.Tensor, batch_size: int) -> torch.Te
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean PSNR (dB) of outputs in [-1, 1] (video frames folded into the batch), both clamped."""
-    from fastdecoders.eval.metrics import psnr
-
     if a.ndim == 5:
         a, b = a.transpose(1, 2).flatten(0, 1), b.transpose(1, 2).flatten(0, 1)
     return float(psnr(to_01(a).clamp(0, 1), to_01(b).clamp(0, 1)).mean())
@@ -74,8 +75,6 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _time_ms(decoder: nn.Module, latents: torch.Tensor, runs: int) -> tuple[float, float]:
     """(min, median) milliseconds of one decode; the minimum is the speed figure (robust on a shared CPU)."""
-    from fastdecoders.bench.timing import default_sync, time_fn
-
     param = next(decoder.parameters())
     z = latents.to(param.device, param.dtype)
 
@@ -89,8 +88,6 @@ def _time_ms(decoder: nn.Module, latents: torch.Tensor, runs: int) -> tuple[floa
 
 def _gflops(decoder: nn.Module, latents: torch.Tensor) -> float:
     """Conv/matmul GFLOPs of one decode of ``latents`` (``fastdecoders.bench.flops``): a load-independent proxy."""
-    from fastdecoders.bench.flops import count_flops
-
     param = next(decoder.parameters())
     z = latents.to(param.device, param.dtype)
     return count_flops(lambda: decoder(z)) / 1e9

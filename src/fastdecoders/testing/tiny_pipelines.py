@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from fastdecoders.errors import FastDecodersError
@@ -106,7 +107,6 @@ def _flux(**vae_config: Any) -> tuple[Any, dict]:
 
 def conditioning_image(size: int = 64):
     """A fixed random RGB ``PIL.Image`` (size × size): SVD's conditioning frame."""
-    import numpy as np
     from PIL import Image
 
     return Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8))
