@@ -15,6 +15,8 @@ from torch import nn
 from fastdecoders.io import atomic_write_text
 from fastdecoders.models.fileformat import save_decoder
 from fastdecoders.train.config import LossConfig, TrainConfig
+from fastdecoders.train.distributed import Dist
+from fastdecoders.train.state import Stopwatch
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -106,11 +108,11 @@ def weights_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def write_outputs(cfg: TrainConfig, out: Path, model: nn.Module, clock: Any, world: int, device: torch.device,
+def write_outputs(cfg: TrainConfig, out: Path, model: nn.Module, clock: Stopwatch, d: Dist,
                   facts: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Write OUT/model.safetensors, README.md (model card) and result.json; return the summary. ``facts``: what
     the run learnt about itself (teacher, latent_space, cache, init_val, val, steps, stopped, weights_sha256,
-    perceptual_net, notes); ``clock``: its ``Stopwatch``."""
+    perceptual_net, notes)."""
     import yaml
 
     metrics = lambda m: None if m is None else {"psnr": m["psnr"], "ssim": m["ssim"]}  # noqa: E731
@@ -136,9 +138,9 @@ def write_outputs(cfg: TrainConfig, out: Path, model: nn.Module, clock: Any, wor
         "feature_pairs": [f"{p['student']} -> {p['teacher']}" for p in cfg.loss.features]
         if cfg.loss.uses("feature") else [],
         "perceptual_net": facts["perceptual_net"],
-        "global_batch": cfg.train.batch_size * world,
-        "world_size": world,
-        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+        "global_batch": cfg.train.batch_size * d.world,
+        "world_size": d.world,
+        "device": (torch.cuda.get_device_name(d.device) if d.device.type == "cuda"
                    else f"cpu ({torch.get_num_threads()} threads)"),
         "stopped": facts["stopped"],
         "weights_sha256": facts["weights_sha256"],

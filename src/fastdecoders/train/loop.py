@@ -250,7 +250,7 @@ def _run(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed: tu
             log.grid(run.step, sample_grid(model, kind, val_data, cfg.log.samples, device))
         facts.update(val=val, init_val=run.init_val, steps=run.step, stopped=stopped, weights_sha256=digest,
                      notes=log.notes)  # fmt: skip
-        result.update(write_outputs(cfg, out, model, clock, d.world, device, facts))
+        result.update(write_outputs(cfg, out, model, clock, d, facts))
     log.close()
     barrier(d)
     return result
