@@ -1,5 +1,6 @@
 """How much finer routing could recover (docs/switch.md): the light/heavy gap recovered when whole photos or tiles of
-them are routed heavy by the true deficit (the oracle of the label-free target) or at random.
+them are routed heavy by the true deficit (the oracle of the label-free target), by the true gain against the photo
+(oracle-gain: needs the photo; the tile's MSE gain over its photo's MSE, the first-order gain in dB) or at random.
 
     FASTDECODERS_WEIGHTS=../shared/weights/taesd python benchmarks/switch_tiles.py \\
         --light weights/switch-taef2/pruned.safetensors --out DIR
@@ -50,10 +51,16 @@ def main() -> None:
         n = args.size // tile
         tl, th = (y.unfold(2, tile, tile).unfold(3, tile, tile) for y in (y_l, y_h))  # (N, 3, n, n, tile, tile)
         deficit = (tl - th).pow(2).mean(dim=(1, 4, 5)).flatten()  # per tile, light vs heavy: no photo needed
+        tp = photos.unfold(2, tile, tile).unfold(3, tile, tile)
+        # per tile, the true gain against the photo (needs the photo: the bound of any tile router), to first order
+        # in dB of its photo's PSNR: the tile's MSE gain over the photo's light MSE (whole photos: monotone in dB gain)
+        mse_l = (y_l - photos).pow(2).mean(dim=(1, 2, 3))[:, None, None]
+        gain = (((tl - tp).pow(2).mean(dim=(1, 4, 5)) - (th - tp).pow(2).mean(dim=(1, 4, 5))) / mse_l).flatten()
         for fraction in (float(f) for f in args.fractions.split(",")):
             k = int(fraction * deficit.numel() + 1e-9)
             row = {"tile": tile, "tiles": deficit.numel(), "fraction": fraction}
             for name, order in (("oracle", deficit.argsort(descending=True)),
+                                ("oracle-gain", gain.argsort(descending=True)),
                                 ("random", torch.randperm(deficit.numel(), generator=gen))):  # fmt: skip
                 mask = torch.zeros(deficit.numel(), dtype=torch.bool)
                 mask[order[:k]] = True

@@ -281,3 +281,19 @@ def test_decode_and_bench_verbs_take_a_switch_file(capsys, tmp_path, pair):
                              "--plot", tmp_path / "bench.png", "--json")  # fmt: skip
     assert code == 0, err
     assert (tmp_path / "bench.png").is_file() and '"decoder"' in out
+
+
+def test_gain_score_needs_photos_and_ships_in_the_file(pair, tmp_path):
+    light, heavy = pair
+    lp, hp = save_decoder(light, tmp_path / "light.safetensors"), save_decoder(heavy, tmp_path / "heavy.safetensors")
+    z = latents(10, seed=11)
+    with pytest.raises(FastDecodersError, match="'gain' score needs the photos"):
+        fit_switch(light, heavy, z, light_name=lp, heavy_name=hp, budget=0.2, score="gain", show=False)
+    photos = torch.rand(10, 3, 64, 64, generator=torch.Generator().manual_seed(12))
+    sw, report = fit_switch(light, heavy, z, photos, light_name=lp, heavy_name=hp, budget=0.5, score="gain",
+                            epochs=10, show=False, width=8, hidden=8)  # fmt: skip
+    assert report["gate_score"] == "gain" and sw.config.score == "gain"
+    assert report["held_back_heavy_fraction"] <= 0.5
+    loaded = fastdecoders.load_decoder(sw.save_pretrained(str(tmp_path / "sw.safetensors")))
+    assert (loaded.config.score, loaded.config.threshold) == ("gain", sw.config.threshold)  # names: relative paths
+    assert torch.equal(loaded(z), sw(z))

@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the heavy decoder's PSNR")  # fmt: skip
     parser.add_argument("--gate", choices=["latent", "features"], default="latent",
                         help="gate input: the latent, or the light decoder's first-stage features")  # fmt: skip
+    parser.add_argument("--score", choices=["deficit", "gain"], default="deficit",
+                        help="what the gate predicts: deficit = the light output's error against the heavy output "
+                        "(label-free); gain = the heavy decoder's PSNR gain over the light one against the "
+                        "photo")  # fmt: skip
     parser.add_argument("--size", type=int, default=256, help="photos are centre-cropped and resized to this side")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many photos")
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of photos held back for calibration")
@@ -43,13 +47,15 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     return fit_from_images(args.light, args.heavy, args.images, args.out, size=args.size, limit=args.limit,
                            kind=args.gate, budget=args.budget, floor=parse_floor(args.floor) if args.floor else None,
-                           holdout=args.holdout, epochs=args.epochs, weights_dir=args.weights_dir)  # fmt: skip
+                           holdout=args.holdout, epochs=args.epochs, weights_dir=args.weights_dir,
+                           score=args.score)  # fmt: skip
 
 
 def render(result: dict) -> str:
     rows = [["gate input", result["gate_input"]], ["items fit / held back",
              f"{result['items_fit']} / {result['items_held_back']}"],
-            ["target", result["target"]], ["threshold (predicted deficit, dB)", f"{result['threshold_db']:.3f}"],
+            ["target", result["target"]],
+            [f"threshold (predicted {result['gate_score']}, dB)", f"{result['threshold_db']:.3f}"],
             ["held-back items routed heavy", f"{result['held_back_heavy_fraction']:.1%}"],
             ["gate rank correlation (held back)", f"{result['gate_spearman_held_back']:.3f}"],
             ["gate FLOPs / light FLOPs", f"{result['flops']['gate_over_light']:.2%}"]]  # fmt: skip

@@ -32,7 +32,7 @@ class SwitchConfig:
     heavy: str
     #: "latent" or "features" (the light decoder's early features; see ``feature_point``).
     input: str = "latent"
-    #: items whose gate score (predicted deficit, dB) is above this go to the heavy decoder.
+    #: items whose gate score (predicted ``score``, dB) is above this go to the heavy decoder.
     threshold: float = math.inf
     #: the light decoder's module whose output the "features" gate reads (a TAE child index, e.g. "5").
     feature_point: str | None = None
@@ -42,6 +42,9 @@ class SwitchConfig:
     #: video: latent frames per routed chunk, and latent frames of context a decoder re-reads when it resumes.
     chunk: int = 1
     context: int = 1
+    #: what the gate predicts (dB): "deficit" (light vs heavy output, label-free) or "gain" (heavy's PSNR gain over
+    #: light against the photo); see ``fit.fit_switch``. Routing is the same: above ``threshold`` goes heavy.
+    score: str = "deficit"
 
     @property
     def gate_config(self) -> GateConfig:

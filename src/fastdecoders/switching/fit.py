@@ -18,6 +18,9 @@ from fastdecoders.progress import progress
 from fastdecoders.switching.core import default_feature_point, light_head
 from fastdecoders.switching.gate import Gate, GateConfig
 
+#: what a gate can be trained to predict (``fit_switch``'s ``score``)
+SCORES = ("deficit", "gain")
+
 
 @dataclass
 class Collected:
@@ -148,9 +151,15 @@ def fit_switch(light: Decoder, heavy: Decoder, latents: torch.Tensor, photos01: 
                light_name: str, heavy_name: str, kind: str = "latent", budget: float | None = None,
                floor: tuple[float, float] | None = None, holdout: float = 0.2, epochs: int = 300,
                batch_size: int = 4, show: bool = True, collected: Collected | None = None, width: int = 32,
-               hidden: int = 32) -> tuple[Any, dict]:  # fmt: skip
+               hidden: int = 32, score: str = "deficit") -> tuple[Any, dict]:  # fmt: skip
     """Train a gate on most of the items and calibrate the threshold on the held-back rest; returns the switch and a
-    report (held-back routing, quality and gate accuracy)."""
+    report (held-back routing, quality and gate accuracy).
+
+    ``score``: what the gate predicts. ``"deficit"`` (label-free): the light decoder's error against the heavy
+    decoder's output, ``10·log10 MSE(light, heavy)``. ``"gain"``: the PSNR the heavy decoder gains over the light one
+    against the photo (dB; needs ``photos01``, the photos the latents were encoded from: no annotation, but not
+    label-free in the issue's sense). The deficit ranks photos by absolute error (textured photos, where both decoders
+    are poor), the gain ranks them the way a mean PSNR counts them (docs/switch.md)."""
     from fastdecoders.switching.calibrate import threshold_for_budget, threshold_for_floor, within_floor
     from fastdecoders.switching.core import SwitchConfig, SwitchDecoder, check_pair
 
@@ -159,26 +168,33 @@ def fit_switch(light: Decoder, heavy: Decoder, latents: torch.Tensor, photos01: 
         raise FastDecodersError("switch fit: give exactly one of --budget or --floor")
     if floor is not None and photos01 is None:
         raise FastDecodersError("switch fit: a quality floor needs the photos (--images) to measure PSNR against")
+    if score not in SCORES:
+        raise FastDecodersError(f"switch fit: expected a gate score among {', '.join(SCORES)}, got {score!r}")
+    if score == "gain" and photos01 is None and (collected is None or collected.light_psnr is None):
+        raise FastDecodersError("switch fit: the 'gain' score needs the photos (--images) to measure PSNR against")
     point = default_feature_point(light) if kind == "features" else None
     data = collected or collect(light, heavy, latents, photos01, point, batch_size, show)
     fit_idx, held_idx = split_holdout(latents.shape[0], holdout)
     inputs = data.features if kind == "features" else data.latents
-    gate = train_gate(inputs[fit_idx], data.deficit[fit_idx], kind, epochs, width=width, hidden=hidden, show=show)
+    target = data.deficit if score == "deficit" else (data.heavy_psnr - data.light_psnr).float()
+    gate = train_gate(inputs[fit_idx], target[fit_idx], kind, epochs, width=width, hidden=hidden, show=show)
     scores = gate(inputs[held_idx])
     if budget is not None:
         threshold = threshold_for_budget(scores, budget)
     else:
         threshold = threshold_for_floor(scores, data.light_psnr[held_idx], data.heavy_psnr[held_idx], *floor)
     gc = gate.config
-    config = SwitchConfig(light_name, heavy_name, kind, threshold, point, gc.in_channels, gc.width, gc.hidden)
+    config = SwitchConfig(light_name, heavy_name, kind, threshold, point, gc.in_channels, gc.width, gc.hidden,
+                          score=score)  # fmt: skip
     sw = SwitchDecoder(config, light, heavy, gate).eval()
     mask = scores > threshold
     report: dict[str, Any] = {
-        "light": light_name, "heavy": heavy_name, "gate_input": kind, "items_fit": int(fit_idx.numel()),
+        "light": light_name, "heavy": heavy_name, "gate_input": kind, "gate_score": score,
+        "items_fit": int(fit_idx.numel()),
         "items_held_back": int(held_idx.numel()), "threshold_db": threshold,
         "target": {"budget": budget} if budget is not None else {"floor": {"fraction": floor[0], "db": floor[1]}},
         "held_back_heavy_fraction": float(mask.double().mean()),
-        "gate_spearman_held_back": spearman(scores, data.deficit[held_idx]),
+        "gate_spearman_held_back": spearman(scores, target[held_idx]),
     }  # fmt: skip
     if data.light_psnr is not None:
         lp, hp = data.light_psnr[held_idx], data.heavy_psnr[held_idx]
@@ -196,7 +212,7 @@ def fit_switch(light: Decoder, heavy: Decoder, latents: torch.Tensor, photos01: 
 def fit_from_images(light: str, heavy: str, images: str | Path, out: str | Path, *, size: int = 256,
                     limit: int | None = None, kind: str = "latent", budget: float | None = None,
                     floor: tuple[float, float] | None = None, holdout: float = 0.2, epochs: int = 300,
-                    weights_dir: str | None = None, show: bool = True) -> dict:  # fmt: skip
+                    weights_dir: str | None = None, show: bool = True, score: str = "deficit") -> dict:  # fmt: skip
     """``fastdecoders switch fit``: load both decoders (names or files), encode the photos of ``images`` with the
     latent space's tiny encoder, fit and calibrate (``fit_switch``), write the switch file ``out`` (.safetensors,
     the report in its metadata); returns the report with ``file`` added."""
@@ -218,7 +234,8 @@ def fit_from_images(light: str, heavy: str, images: str | Path, out: str | Path,
     with torch.no_grad():
         latents = encode_photos(photos, light_d.latent_space_name, weights_dir, show=show)
     sw, report = fit_switch(light_d, heavy_d, latents, photos, light_name=light, heavy_name=heavy, kind=kind,
-                            budget=budget, floor=floor, holdout=holdout, epochs=epochs, show=show)  # fmt: skip
+                            budget=budget, floor=floor, holdout=holdout, epochs=epochs, show=show,
+                            score=score)  # fmt: skip
     report["file"] = sw.save_pretrained(str(out), extra={"report": report})
     return report
 
