@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.io import format_bytes
 from fastdecoders.models.protocol import TileJob
 from fastdecoders.tiling.memory import is_oom
 from fastdecoders.tiling.plan import TileReport, halve, make_plan, spans
@@ -57,6 +58,8 @@ def _ramp(length: int, margin_before: int, margin_after: int) -> torch.Tensor:
 
 
 def _run(job: TileJob, plan: TileReport) -> torch.Tensor:
+    """``job.fn`` over the pieces ``plan`` cuts ``job.inputs`` into (batch chunks x spatial tiles x, for causal
+    decoders, streamed frame chunks), assembled into one output: exact cores, or cross-faded blends."""
     x = job.inputs
     n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
     if plan.mode == "whole":
@@ -109,6 +112,7 @@ def _run(job: TileJob, plan: TileReport) -> torch.Tensor:
 
 
 def _finish(job: TileJob, out: torch.Tensor) -> torch.Tensor:
+    """The assembled output in the caller's layout (the decoder's ``TileJob.finish``, e.g. frames -> clips)."""
     return out if job.finish is None else job.finish(out)
 
 
@@ -146,8 +150,6 @@ def decode_tiled(
         FastDecodersError: with ``tile`` None/"auto", when the decoded pixels alone exceed the budget (no tiling
             can help: the output is held whole), before anything is decoded.
     """
-    from fastdecoders.io import format_bytes
-
     job = _job(decoder, latents, num_frames)
     plan = make_plan(decoder, job, tile, overlap, max_memory_bytes, frames_per_chunk)
     if tile in (None, "auto") and not plan.fits and (plan.output_bytes or 0) > (plan.budget_bytes or 0):
