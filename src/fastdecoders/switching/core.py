@@ -8,17 +8,24 @@ decoded. Video latents (NCTHW, causal decoders) are routed per temporal chunk (`
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.io import atomic_path
 from fastdecoders.latents import get_latent_space
 from fastdecoders.models.base import Decoder
+from fastdecoders.models.fileformat import FORMAT_VERSION, METADATA_KEY, config_to_dict
 from fastdecoders.models.tae import TAEDecoder
+from fastdecoders.registry import is_registered
 from fastdecoders.switching.gate import Gate, GateConfig
 
 #: the heavy decoder named in a switch file to mean "the diffusers pipeline's own VAE" (bound by ``use(pipe, ...)``).
@@ -238,57 +245,34 @@ class SwitchDecoder(Decoder):
             out[idx] = y.to(out.dtype)
         return out
 
-    def save_pretrained(self, path: str, **kwargs: Any) -> str:
-        from fastdecoders.switching.file import save_switch
-
-        return save_switch(self, path, **kwargs)
-
-
-def switch(
-    light: Decoder | str,
-    heavy: Decoder | str,
-    gate: Gate,
-    threshold: float | None = None,
-    *,
-    budget: float | None = None,
-    calibration: torch.Tensor | None = None,
-    feature_point: str | None = None,
-    chunk: int = 1,
-    context: int = 1,
-) -> SwitchDecoder:
-    """A ``SwitchDecoder`` routing between ``light`` and ``heavy`` with ``gate``.
-
-    Give either ``threshold`` (gate score in dB above which an item goes heavy) or ``budget`` (the fraction of items
-    to route heavy) with ``calibration`` latents (N, C, h, w) on which the threshold is chosen to meet it. ``light``
-    and ``heavy`` may be decoders or names/paths (``load_decoder``); ``heavy="pipeline:vae"`` leaves the heavy
-    decoder to be bound by ``fastdecoders.use(pipe, switch)``.
-    """
-    from fastdecoders.switching.calibrate import threshold_for_budget
-    from fastdecoders.weights import load_decoder
-
-    light_name = light if isinstance(light, str) else (_label(light, "light"))
-    heavy_name = heavy if isinstance(heavy, str) else (_label(heavy, "heavy"))
-    light_d = load_decoder(light) if isinstance(light, str) else light
-    heavy_d = None if heavy == PIPELINE_VAE else (load_decoder(heavy) if isinstance(heavy, str) else heavy)
-    if (threshold is None) == (budget is None):
-        raise FastDecodersError("switch: give exactly one of threshold= or budget= (with calibration= latents)")
-    gc = gate.config
-    point = None
-    if gc.input == "features":
-        point = feature_point or default_feature_point(light_d)
-    config = SwitchConfig(light_name, heavy_name, gc.input, math.inf if threshold is None else float(threshold),
-                          point, gc.in_channels, gc.width, gc.hidden, chunk, context)  # fmt: skip
-    sw = SwitchDecoder(config, light_d, heavy_d, gate)
-    if budget is not None:
-        if calibration is None:
-            raise FastDecodersError("switch: budget= needs calibration= latents to choose the threshold on")
-        with torch.no_grad():
-            scores = sw.route(calibration)[0]
-        sw.config = _replace(sw.config, threshold=threshold_for_budget(scores, budget))
-    return sw.eval()
+    def save_pretrained(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> str:
+        """Write the gate and config to ``path`` (.safetensors, atomically; ``extra`` goes into the header, e.g. the
+        fit report); the decoders are referenced by name or by a path relative to the file, not copied.
+        ``fastdecoders.switching.file.load_switch`` (through ``load_decoder``) reads it back."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise FastDecodersError(f"switch file: expected a path ending in .safetensors, got {path}")
+        config = config_to_dict(self.config)
+        config["light"] = _reference(self.config.light, path, "light")
+        config["heavy"] = _reference(self.config.heavy, path, "heavy")
+        header = {"format": FORMAT_VERSION, "arch": "switch", "config": config, "latents": self.latents_name,
+                  "name": getattr(self, "registry_name", None), **(extra or {})}  # fmt: skip
+        state = {k: v.detach().contiguous().cpu() for k, v in self.gate.state_dict().items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(header)})
+        return str(path)
 
 
-def _replace(config: SwitchConfig, **changes: Any) -> SwitchConfig:
-    import dataclasses
+def _reference(target: str, path: Path, role: str) -> str:
+    """How a switch file names a decoder: registry names as they are, files relative to the switch file; a name
+    that is neither would make a file that cannot be loaded, so it is refused here."""
+    if is_registered(target) or target == PIPELINE_VAE:
+        return target
+    if not Path(target).exists():
+        raise FastDecodersError(
+            f"switch file: its {role} decoder is named {target!r}, which is neither a registered decoder nor a file; "
+            f"save that decoder (save_decoder) and build the switch from its path"
+        )
+    return os.path.relpath(Path(target).resolve(), path.resolve().parent)
 
-    return dataclasses.replace(config, **changes)

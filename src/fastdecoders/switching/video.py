@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.latents import get_latent_space
 
 
 def chunk_spans(frames: int, chunk: int) -> list[tuple[int, int]]:
@@ -67,8 +68,6 @@ def decode_chunks(sw, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
             ends[role] = e
         clips.append(torch.cat([p.to(pieces[0].dtype) for p in pieces], dim=2))
     if not clips:
-        from fastdecoders.latents import get_latent_space
-
         space = get_latent_space(sw.latents_name)
         f, frames = space.spatial_factor, space.pixel_frames(t)
         return latents.new_empty(0, 3, frames, f * latents.shape[3], f * latents.shape[4]), routes.cpu(), scores.cpu()
