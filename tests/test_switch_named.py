@@ -75,7 +75,7 @@ def test_composites_are_loaded_not_built(tmp_path, monkeypatch):
         fastdecoders.load_decoder(STUDENT, weights_dir=tmp_path)
 
 
-def test_every_verb_takes_the_names(capsys, tmp_path, taesd_weights_dir, kodak_dir):
+def test_every_verb_takes_the_names(capsys, tmp_path, taesd_weights_dir, kodak_dir, monkeypatch):
     from fastdecoders.io import write_latents
 
     wd = ("--weights-dir", taesd_weights_dir)
@@ -97,7 +97,8 @@ def test_every_verb_takes_the_names(capsys, tmp_path, taesd_weights_dir, kodak_d
                              "--metrics", "psnr", "-o", tmp_path / "eval", *wd, "--json")  # fmt: skip
     assert code == 0, err
     assert {STUDENT, SWITCH} <= set(json.loads(out)["decoders"])
-    code, out, err = run_cli(capsys, "bench", STUDENT, "--sizes", 64, "--runs", 1, "--threads", 1, "--no-peak",
-                             "--no-teacher", "--json")  # fmt: skip
+    monkeypatch.setenv("FASTDECODERS_WEIGHTS", str(taesd_weights_dir))  # bench finds weights on the weights path
+    code, out, err = run_cli(capsys, "bench", STUDENT, SWITCH, "--sizes", 64, "--runs", 1, "--threads", 1,
+                             "--no-peak", "--no-teacher", "--json")  # fmt: skip
     assert code == 0, err
-    assert STUDENT in out
+    assert STUDENT in out and SWITCH in out
