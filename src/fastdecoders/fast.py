@@ -32,6 +32,8 @@ from torch import nn
 
 from fastdecoders.backends import BACKENDS, choose_backend, runtime_decoder
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.latents import get_latent_space
+from fastdecoders.models.layers import TAEBlock
 from fastdecoders.torch_paths import fold_batchnorm, safe_half, torch_path
 
 __all__ = ["BACKENDS", "FP16_MAX", "activation_ranges", "fold_batchnorm", "fp16_report", "optimize"]
@@ -44,8 +46,6 @@ FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 
 def activation_ranges(decoder: nn.Module, latents: torch.Tensor) -> dict[str, float]:
     """Max |output| of every leaf module and residual block while decoding ``latents`` (run in float32)."""
-    from fastdecoders.models.layers import TAEBlock
-
     ranges: dict[str, float] = {}
     hooks = []
     for name, module in decoder.named_modules():
@@ -130,8 +130,6 @@ def optimize(
 
 def _auto_shape(decoder: nn.Module, shape: tuple[int, ...] | None, num_frames: int | None):
     """(latents shape, num_frames) for ``auto``: the given ones, or a 512x512 image / 256x256 clip of the family."""
-    from fastdecoders.latents import get_latent_space
-
     frames = decoder.latent_ndim == 4 and decoder.decodes_clips  # forward takes frames + num_frames (SVD-style)
     if shape is not None:
         return tuple(shape), (num_frames or shape[0]) if frames else None

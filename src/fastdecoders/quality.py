@@ -9,7 +9,10 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError, require_finite
+from fastdecoders.eval.metrics import psnr, ssim
+from fastdecoders.io import format_bytes
 from fastdecoders.latents import to_01, to_pm1
+from fastdecoders.tiling import AUTO_BUDGET_FRACTION, decode_tiled, measure_peak_bytes, memory_budget, rough_peak_bytes
 
 
 def half_size(image: torch.Tensor) -> torch.Tensor:
@@ -26,9 +29,6 @@ def check_encoder_fits(encoder: nn.Module, images: torch.Tensor, max_memory_byte
     """One clear error, before encoding, when ``encoder(images)`` ((N, 3, H, W) in [-1, 1]) would not fit the budget
     (default: the same share of free memory that automatic tiling plans with). The encoder is not tiled; measured on
     a small crop (cheap upper estimate first, then the measured peak), linear in area."""
-    from fastdecoders.io import format_bytes
-    from fastdecoders.tiling import AUTO_BUDGET_FRACTION, measure_peak_bytes, memory_budget, rough_peak_bytes
-
     device = images.device
     budget = max_memory_bytes or int(AUTO_BUDGET_FRACTION.get(device.type, 0.5) * memory_budget(device))
     probe = images[:1, :, :ENCODER_PROBE, :ENCODER_PROBE]
@@ -60,8 +60,6 @@ def roundtrip(
     ``max_memory_bytes`` (default: a share of free memory); a photo too large to encode is one clear error, and so is
     a non-finite decoder output.
     """
-    from fastdecoders.tiling import decode_tiled
-
     param = next(decoder.parameters())
     images = to_pm1(image01)[None].to(param.device, param.dtype)
     check_encoder_fits(encoder, images, max_memory_bytes)
@@ -73,8 +71,6 @@ def roundtrip(
 
 def roundtrip_scores(decoder: nn.Module, encoder: nn.Module, images01: list[torch.Tensor]) -> dict[str, float]:
     """Mean PSNR (dB) and SSIM over ``images01`` (each (3, H, W) in [0, 1]) after a round trip."""
-    from fastdecoders.eval.metrics import psnr, ssim
-
     scores = {"psnr": [], "ssim": []}
     for image in images01:
         decoded = roundtrip(decoder, encoder, image)

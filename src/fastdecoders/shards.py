@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.io import atomic_path
+from fastdecoders.io import atomic_path, read_latents
 
 FORMAT_KEY = "fastdecoders_shard"
 FORMAT_VERSION = 1
@@ -215,7 +215,5 @@ def _plain_header(path: Path, count: int) -> dict:
 
 
 def _plain_latents(path: Path) -> torch.Tensor:
-    from fastdecoders.io import read_latents
-
     latents = read_latents(path)
     return latents[None] if latents.ndim == 3 else latents

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.io import write_video_frames
 from fastdecoders.latents import ncthw_to_ntchw, to_01
 
 
@@ -54,8 +55,6 @@ def write_stream(
 ) -> dict:
     """Decode one clip of diffusion-space latents (1, C, t, h, w) straight into an H.264 MP4 (atomically: nothing is
     written on failure). Returns ``{"path", "frames"}``."""
-    from fastdecoders.io import write_video_frames
-
     _check(decoder, latents)
     written, count = write_video_frames(stream_frames(decoder, latents, chunk), Path(path), fps, crf)
     return {"path": str(written), "frames": count}

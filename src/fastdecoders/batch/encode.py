@@ -24,8 +24,13 @@ import torch
 
 from fastdecoders.batch.encoding import Encoded, EncodeUnit, encode_loaded, list_sources, load_source, make_units
 from fastdecoders.batch.manifest import Manifest
+from fastdecoders.batch.ray_encode import run_ray_encode
+from fastdecoders.batch.ray_engine import import_ray
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.shards import Shard, read_header, write_shard
+from fastdecoders.train.config import TeacherConfig
+from fastdecoders.train.teachers import load_teacher, teacher_space
+from fastdecoders.weights import TAE_ENCODERS
 
 ENGINES = ("embedded", "ray")
 
@@ -80,9 +85,6 @@ class EncodeJob:
 
 def teacher_config(job: EncodeJob):
     """The ``TeacherConfig`` that loads ``job``'s encoder (picklable: Ray ships it to the actors)."""
-    from fastdecoders.train.config import TeacherConfig
-    from fastdecoders.weights import TAE_ENCODERS
-
     tae = job.encoder in TAE_ENCODERS
     return TeacherConfig(encoder=job.encoder if tae else None, vae=None if tae else job.encoder,
                          vae_subfolder=job.vae_subfolder, latents=job.latents, weights_dir=job.weights_dir)  # fmt: skip
@@ -93,12 +95,9 @@ def run_encode_job(job: EncodeJob) -> dict:
     workers, first_item_s …)."""
     from tqdm import tqdm
 
-    from fastdecoders.train.teachers import teacher_space
 
     job.check()
     if job.engine == "ray":
-        from fastdecoders.batch.ray_engine import import_ray
-
         import_ray()  # without the [scale] extra: one line, before anything is written
     started = time.perf_counter()
     out = Path(job.out)
@@ -139,8 +138,6 @@ def run_encode_job(job: EncodeJob) -> dict:
 
     try:
         if units and job.engine == "ray":
-            from fastdecoders.batch.ray_encode import run_ray_encode
-
             run_ray_encode(job, units, cfg, space.spatial_factor, frames, finish)
         elif units:
             _run_embedded(job, units, cfg, space.spatial_factor, frames, finish)
@@ -162,8 +159,6 @@ def run_encode_job(job: EncodeJob) -> dict:
 def _run_embedded(job: EncodeJob, units: list[EncodeUnit], cfg, factor: int, frames: int,
                   finish: Callable[[EncodeUnit, list[Encoded]], None]) -> None:  # fmt: skip
     """The encoder on this thread; two reader threads load the next ``job.prefetch`` units' pictures meanwhile."""
-    from fastdecoders.train.teachers import load_teacher
-
     teacher = load_teacher(cfg, torch.device(job.device))
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fastdecoders-reader")
     ahead: deque = deque()

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from fastdecoders.batch.embedded import run_embedded
 from fastdecoders.batch.manifest import Manifest
 from fastdecoders.batch.outputs import FORMATS, clean_stale_temps, write_output
 from fastdecoders.batch.plan import Unit, make_plan
+from fastdecoders.batch.ray_engine import import_ray, run_ray
 from fastdecoders.batch.worker import Decoded, DecoderArgs, DecodeWorker
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.shards import list_shards
@@ -103,8 +105,6 @@ def run_decode_job(job: DecodeJob) -> dict:
 
     job.check()
     if job.engine == "ray":
-        from fastdecoders.batch.ray_engine import import_ray
-
         import_ray()  # without the [scale] extra: one line, before anything is written
     started = time.perf_counter()
     out_dir = Path(job.out)
@@ -141,12 +141,8 @@ def run_decode_job(job: DecodeJob) -> dict:
     run_started = time.perf_counter()
     try:
         if plan.units and job.engine == "ray":
-            from fastdecoders.batch.ray_engine import run_ray
-
             run_ray(job, plan.units, write, record)
         elif plan.units:
-            from fastdecoders.batch.embedded import run_embedded
-
             worker = DecodeWorker(job.decoder)
             run_embedded(plan.units, worker, partial(write, decoder=worker.name), record, prefetch=job.prefetch,
                          writers=job.writers)  # fmt: skip

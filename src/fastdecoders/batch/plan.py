@@ -16,7 +16,7 @@ import torch
 
 from fastdecoders.batch.outputs import output_path, verified
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.shards import read_header
+from fastdecoders.shards import read_header, read_shard
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,6 @@ def read_unit(unit: Unit) -> torch.Tensor:
     path = Path(unit.shard)
     try:
         if path.suffix in (".pt", ".pth"):
-            from fastdecoders.shards import read_shard
-
             latents = read_shard(path).latents[unit.start : unit.stop]
         else:
             from safetensors import safe_open

@@ -23,6 +23,7 @@ import torch
 
 from fastdecoders.batch.encoding import Encoded, EncodeUnit, encode_loaded, load_source
 from fastdecoders.batch.ray_engine import actor_threads, io_pool, ray_cluster
+from fastdecoders.train.teachers import load_teacher
 
 
 def _pack(arrays: dict[str, np.ndarray | torch.Tensor]) -> bytes:
@@ -47,8 +48,6 @@ class _EncodeActor:
     """One encoder per actor; ``__call__`` gets one unit (a one-row batch) and returns its items' tensors."""
 
     def __init__(self, cfg, device: str, threads: int | None, keep_pixels: bool, fault_exit_once: str | None):
-        from fastdecoders.train.teachers import load_teacher
-
         if threads is not None:
             torch.set_num_threads(threads)
         self.teacher = load_teacher(cfg, torch.device(device))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fastdecoders.batch.plan import Unit, from_bytes, read_unit, to_bytes
-from fastdecoders.batch.worker import Decoded, DecoderArgs
+from fastdecoders.batch.worker import Decoded, DecoderArgs, DecodeWorker
 from fastdecoders.errors import FastDecodersError
 
 
@@ -49,8 +49,6 @@ class _DecodeActor:
     """One decoder per actor; ``__call__`` gets one unit (a one-row batch) and returns its decoded items."""
 
     def __init__(self, args: DecoderArgs, fault_exit_once: str | None = None):
-        from fastdecoders.batch.worker import DecodeWorker
-
         self.worker = DecodeWorker(args)
         self.fault, self.calls = fault_exit_once, 0
 

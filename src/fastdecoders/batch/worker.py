@@ -12,6 +12,7 @@ import torch
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import get_latent_space, to_01
+from fastdecoders.weights import load_decoder
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,6 @@ class DecodeWorker:
     """Loads the decoder once; ``decode(latents)`` turns a unit's (n, ...) latents into per-item outputs."""
 
     def __init__(self, args: DecoderArgs):
-        from fastdecoders.weights import load_decoder
-
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         self.args = args

@@ -17,10 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastdecoders.bench.flops import count_flops
+from fastdecoders.bench.flops import count_flops, device_peak, peak_tflops
+from fastdecoders.bench.plot import plot_latency
 from fastdecoders.bench.timing import CpuPeak, Timing, default_sync, time_cuda_events, time_fn
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.fast import optimize
 from fastdecoders.latents import get_latent_space
+from fastdecoders.models import build_decoder
+from fastdecoders.models.diffusers_vae import teacher_for
+from fastdecoders.progress import progress as show_progress
+from fastdecoders.registry import get_spec, is_registered, unknown_name_message
+from fastdecoders.weights import load_decoder
 
 ROW_KEYS = ("decoder", "shape", "dtype", "backend", "ms_median", "ms_min", "peak_mem_mb", "gflops", "tflops",
             "speedup_vs_teacher", "teacher")  # fmt: skip
@@ -117,18 +124,12 @@ def skip_reason(backend: str, device: torch.device) -> str | None:
 
 def load_for_bench(name: str, device: torch.device, dtype: torch.dtype, tiny: bool = False) -> nn.Module:
     """A registry name (random init: timing does not depend on weight values) or a saved decoder path, in eval mode."""
-    from fastdecoders.models import build_decoder
-    from fastdecoders.registry import get_spec, is_registered
-
     if is_registered(name) and not get_spec(name).composite:
         decoder = build_decoder(name, tiny=tiny)
     elif Path(name).exists() or is_registered(name):  # a file, or a registered switch (its gate has to route)
-        from fastdecoders.weights import load_decoder
 
         decoder = load_decoder(name)
     else:
-        from fastdecoders.registry import unknown_name_message
-
         raise FastDecodersError(unknown_name_message(name))
     if not hasattr(decoder, "registry_name") or decoder.registry_name is None:
         decoder.registry_name = name
@@ -137,9 +138,6 @@ def load_for_bench(name: str, device: torch.device, dtype: torch.dtype, tiny: bo
 
 def _describe(name: str, tiny: bool) -> nn.Module:
     """The decoder ``name`` without real storage where possible (meta tensors: its latent space and layout only)."""
-    from fastdecoders.models import build_decoder
-    from fastdecoders.registry import get_spec, is_registered
-
     if is_registered(name) and not get_spec(name).composite:
         with torch.device("meta"):
             return build_decoder(name, tiny=tiny)
@@ -189,7 +187,6 @@ def prepare(decoder: nn.Module, args: tuple, kwargs: dict, backend: str) -> Call
     if backend == "cuda-graphs":
         return _cuda_graph(decoder, args, kwargs)
     if backend in ("onnxruntime", "openvino", "auto"):  # the export (cached) and auto's measurement: untimed
-        from fastdecoders.fast import optimize
 
         decoder = optimize(decoder, backend=backend, shape=tuple(args[0].shape), num_frames=kwargs.get("num_frames"))
 
@@ -237,8 +234,6 @@ def _probe(decoder: nn.Module, dtype_name: str, device: torch.device, name: str)
 
 def teachers_for(decoders: list[nn.Module]) -> dict[str, str]:
     """Latent space -> registered teacher name, for the spaces of ``decoders``."""
-    from fastdecoders.models.diffusers_vae import teacher_for
-
     spaces = {d.latent_space_name for d in decoders}
     return {s: t for s in sorted(spaces) if (t := teacher_for(s)) is not None}
 
@@ -314,9 +309,6 @@ def _sizes_per_decoder(decoders: dict[str, nn.Module], grid: Grid) -> tuple[dict
 def run_grid(grid: Grid, progress: bool = True, peaks: dict[str, float] | None = None) -> tuple[list[dict], list[dict]]:
     """Measure every grid cell: (rows, skipped cells with a reason). Teachers are added unless ``grid.teacher`` is
     False. ``peaks`` (from ``flops.device_peak``) adds each row's fraction of the measured matmul peak."""
-    from fastdecoders.bench.flops import peak_tflops
-    from fastdecoders.progress import progress as show_progress
-
     device = check_device(grid.device)
     check_backends(grid.backends)
     dtypes = [parse_dtype(d) for d in grid.dtypes]
@@ -416,9 +408,6 @@ def device_name(device: str) -> str:
 def bench_grid(grid: Grid, measure_peak: bool = True, plot: str | None = None) -> dict[str, Any]:
     """``fastdecoders bench``'s result: every grid cell measured (``run_grid``), the device's measured matmul/copy
     peaks (``measure_peak``), how it was measured, and the latency plot written to ``plot``."""
-    from fastdecoders.bench.flops import device_peak
-    from fastdecoders.bench.plot import plot_latency
-
     peaks = device_peak(grid.device, size=256 if grid.tiny else None) if measure_peak else None
     rows, skipped = run_grid(grid, peaks=peaks)
     result: dict[str, Any] = {"device": device_name(grid.device), "rows": rows, "skipped": skipped}

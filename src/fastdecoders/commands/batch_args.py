@@ -13,6 +13,7 @@ from fastdecoders.batch.job import ENGINES, DecodeJob, run_decode_job
 from fastdecoders.batch.outputs import FORMATS
 from fastdecoders.batch.worker import DecoderArgs
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.shards import list_shards, read_header
 
 # flags that only batch mode has (None by default, so that giving one is visible)
 BATCH_FLAGS = ("engine", "manifest", "fmt", "quality", "png_level", "batch_size", "resume", "workers", "address")
@@ -76,8 +77,6 @@ def run(args: argparse.Namespace) -> dict:
 
 def _default_format(args: argparse.Namespace) -> str:
     """png, or mp4 when the first readable shard holds clips (5-d latents)."""
-    from fastdecoders.shards import list_shards, read_header
-
     for path in list_shards(args.latents):
         try:
             header = read_header(path)

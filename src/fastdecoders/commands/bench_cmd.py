@@ -15,6 +15,10 @@ import argparse
 import sys
 from typing import Any
 
+from fastdecoders.bench.pipeline import run_pipeline
+from fastdecoders.bench.plot import plot_pipeline
+from fastdecoders.bench.speed import CPU_SIZES, GPU_SIZES, Grid, bench_grid, check_device, parse_dtype, parse_size
+from fastdecoders.commands import format_table
 from fastdecoders.errors import FastDecodersError
 
 
@@ -71,7 +75,6 @@ def _device(name: str) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from fastdecoders.bench.speed import CPU_SIZES, GPU_SIZES, Grid, bench_grid, check_device, parse_dtype, parse_size
 
     if args.batch < 1 or args.runs < 1 or args.warmup < 0 or args.frames < 1:
         raise FastDecodersError(
@@ -103,10 +106,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_pipeline(args: argparse.Namespace, device: str, dtypes: list[str]) -> dict[str, Any]:
-    from fastdecoders.bench.pipeline import run_pipeline
-    from fastdecoders.bench.plot import plot_pipeline
-    from fastdecoders.bench.speed import parse_size
-
     if len(dtypes) != 1:
         raise FastDecodersError(f"--dtype: pipeline mode expected one dtype, got {','.join(dtypes)}")
     if args.sizes is not None and len(args.sizes) != 1:
@@ -133,8 +132,6 @@ def _fmt(value: Any) -> str:
 
 
 def render(result: dict[str, Any]) -> str:
-    from fastdecoders.commands import format_table
-
     if result.get("mode") == "pipeline":
         headers = ["steps", "decoder", "ms_step", "ms_total_teacher", "ms_total", "ms_decode_teacher", "ms_decode",
                    "decoder_share_teacher", "speedup_e2e"]  # fmt: skip

@@ -20,6 +20,7 @@ from fastdecoders.latents import get_latent_space, ncthw_to_ntchw, ntchw_to_ncth
 from fastdecoders.models.protocol import LatentDecoder
 from fastdecoders.progress import progress
 from fastdecoders.tiling import decode_tiled, parse_tile
+from fastdecoders.video import write_stream
 from fastdecoders.weights import load_decoder
 
 
@@ -128,7 +129,6 @@ def _decode_video(decoder, space, latents: torch.Tensor, out: Path, fps: float) 
     inner = decoder.decoder
     if hasattr(inner, "stream") and latents.shape[0] == 1 and decoder.tile == "auto":
         # a causal video decoder: frames go to the MP4 as they are decoded (memory constant in the clip's length)
-        from fastdecoders.video import write_stream
 
         written = write_stream(inner, latents, out, fps=fps)
         shape = [written["frames"], 3, *space.pixel_size(*latents.shape[-2:])]

@@ -16,7 +16,7 @@ from fastdecoders.errors import FastDecodersError
 from fastdecoders.eval.evaluate import ALL_METRICS, EvalConfig, evaluate
 from fastdecoders.eval.features import VideoFeatures
 from fastdecoders.eval.lpips import LPIPS_ENV
-from fastdecoders.eval.report import format_value
+from fastdecoders.eval.report import COLUMNS, format_value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,8 +111,6 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def render(result: dict) -> str:
-    from fastdecoders.eval.report import COLUMNS
-
     cols = [c for c in COLUMNS if c[0] in result["metrics"]]
     rows = [
         [name, d["latent_space"], f"{d['ms_per_image']:.1f}" if d.get("ms_per_image") is not None else "-"]

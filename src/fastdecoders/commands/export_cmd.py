@@ -12,6 +12,14 @@ from pathlib import Path
 
 from fastdecoders.commands import add_weights_dir, format_table
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.export.onnx import check_arch, export_model, graph_kind
+from fastdecoders.export.runtime import save_model
+from fastdecoders.export.spec import require
+from fastdecoders.export.verify import verify
+from fastdecoders.io import read_latents
+from fastdecoders.latents import get_latent_space
+from fastdecoders.registry import get_spec, is_registered
+from fastdecoders.weights import load_decoder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,9 +55,6 @@ def _size(text: str | None, default: int, factor: int) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from fastdecoders.export.onnx import graph_kind
-    from fastdecoders.export.spec import require
-
     if args.batch < 1 or (args.frames is not None and args.frames < 1):
         raise FastDecodersError(f"expected --batch >= 1 and --frames >= 1, got {args.batch} and {args.frames}")
     if args.opset is not None and not 7 <= args.opset <= 30:
@@ -58,13 +63,6 @@ def run(args: argparse.Namespace) -> dict:
         raise FastDecodersError(f"-o: expected a .onnx file name, got {args.out}")
     for module in ("onnx", "onnxscript", "onnxruntime"):
         require(module)  # before loading anything: a missing extra is one line and exit 2
-    from fastdecoders.export.onnx import check_arch, export_model
-    from fastdecoders.export.runtime import save_model
-    from fastdecoders.export.verify import verify
-    from fastdecoders.io import read_latents
-    from fastdecoders.latents import get_latent_space
-    from fastdecoders.registry import get_spec, is_registered
-    from fastdecoders.weights import load_decoder
 
     if is_registered(args.decoder):  # refuse before loading (or failing to find) weights
         check_arch(get_spec(args.decoder).arch, args.decoder)

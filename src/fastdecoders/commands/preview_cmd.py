@@ -6,6 +6,8 @@ import argparse
 from typing import Any
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.io import output_file
+from fastdecoders.previews.fit import fit_preview
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from fastdecoders.io import output_file
-    from fastdecoders.previews.fit import fit_preview
-
     if args.size < 16:
         raise FastDecodersError(f"--size: expected at least 16 pixels, got {args.size}")
     output = output_file(args.output, (".json",), "the linear preview")

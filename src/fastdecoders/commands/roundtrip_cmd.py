@@ -12,6 +12,7 @@ import torch
 from fastdecoders.commands import add_device, add_weights_dir, format_table
 from fastdecoders.commands.backend_args import add_backend_argument, apply_backend, describe
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.eval.metrics import psnr, ssim
 from fastdecoders.io import (
     IMAGE_SUFFIXES,
     center_crop_resize,
@@ -23,6 +24,7 @@ from fastdecoders.io import (
     write_image,
 )
 from fastdecoders.latents import get_latent_space
+from fastdecoders.models.taehv import StillImages
 from fastdecoders.progress import progress
 from fastdecoders.quality import roundtrip, sample_photo_paths
 from fastdecoders.weights import load_decoder, load_encoder
@@ -47,8 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from fastdecoders.eval.metrics import psnr, ssim
-
     dtype = getattr(torch, args.dtype)
     output_file(args.out, IMAGE_SUFFIXES, "the grid image")  # before the (long) round trips
     if args.max_memory_mb is not None and not (math.isfinite(args.max_memory_mb) and args.max_memory_mb > 0):
@@ -59,8 +59,6 @@ def run(args: argparse.Namespace) -> dict:
     space = get_latent_space(decoder.latent_space_name)
     bundled = getattr(decoder, "has_encoder", False)  # a TAEHV file: its own encoder; photos are one-frame clips
     if bundled:
-        from fastdecoders.models.taehv import StillImages
-
         decoder = StillImages(decoder)
     if not bundled and (space.tae_encoder is None or decoder.latent_ndim != 4):
         raise FastDecodersError(f"roundtrip needs an image decoder of a family with a tiny encoder; "

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from fastdecoders.commands import format_table
+from fastdecoders.train.config import load_config
+from fastdecoders.train.loop import train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,9 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from fastdecoders.train.config import load_config
-    from fastdecoders.train.loop import train
-
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")

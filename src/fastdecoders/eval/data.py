@@ -21,7 +21,14 @@ from pathlib import Path
 import torch
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, center_crop_resize, crop_to_multiple, read_image
+from fastdecoders.io import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    center_crop_resize,
+    crop_to_multiple,
+    read_image,
+    read_latents,
+)
 from fastdecoders.io import read_video as _read_video
 
 LATENT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -179,8 +186,6 @@ def _scan(kind: str, folder: Path) -> list[Path]:
 
 def _latent_items(key: str, path: Path, latent_ndim: int | None) -> list[Item]:
     """One item per batch element of a latents file (read once here: latent files are small)."""
-    from fastdecoders.io import read_latents
-
     try:
         latents = read_latents(path)
         count = 1 if latents.ndim == latent_ndim else len(latents)
@@ -229,8 +234,6 @@ def _load_clip(item: Item, prep: Preprocess) -> Sample:
 
 
 def _load_latents(item: Item, latent_ndim: int | None) -> Sample:
-    from fastdecoders.io import read_latents
-
     latents = read_latents(item.path)
     if latent_ndim is not None and latents.ndim == latent_ndim:  # a single latent without its batch axis
         latents = latents[None]

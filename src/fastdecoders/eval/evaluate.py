@@ -23,11 +23,13 @@ from fastdecoders.errors import FastDecodersError
 from fastdecoders.eval import codec, metrics
 from fastdecoders.eval.cache import Store
 from fastdecoders.eval.data import Preprocess, SkipList, discover
+from fastdecoders.eval.report import write_report
 from fastdecoders.eval.runner import Nets, Run, Runner, run_inputs
 from fastdecoders.eval.summary import ALL_METRICS, summary
 from fastdecoders.io import locked_folder
 from fastdecoders.latents import get_latent_space
 from fastdecoders.models.protocol import call_kind
+from fastdecoders.weights import load_decoder
 
 DEFAULT_METRICS = {
     "images": ("psnr", "ssim", "ms_ssim", "lpips_alex", "lpips_vgg", "fid", "kid"),
@@ -75,8 +77,6 @@ class EvalConfig:
 
 
 def _load_runs(decoders: list[str | nn.Module], config: EvalConfig) -> tuple[list[Run], Run | None]:
-    from fastdecoders.weights import load_decoder
-
     if not decoders:
         raise FastDecodersError("name at least one decoder to evaluate")
     dtype = getattr(torch, config.dtype)
@@ -249,7 +249,5 @@ def _evaluate(decoders: list[str | nn.Module], config: EvalConfig, encoders: dic
         "skipped": skipped.entries,
     }
     if config.write_report:
-        from fastdecoders.eval.report import write_report
-
         write_report(result, runner.visuals, out, crop_size=config.crop_size)  # sets result["report"], ["html"]
     return result

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastdecoders.io import atomic_path, atomic_write_text, image_grid, write_image
+from fastdecoders.io import atomic_path, atomic_write_text, image_grid, write_image, write_video
 
 GRID_HEIGHT = 256
 #: (key in the result, column title, digits, higher is better)
@@ -198,8 +198,6 @@ def write_figures(result: dict[str, Any], visuals: list, folder: Path, crop_size
 
 
 def _side_by_side(visual, teacher: str | None, path: Path, folder: Path) -> str:
-    from fastdecoders.io import write_video
-
     names = ([teacher] if teacher in visual.clip_outputs else []) + [n for n in visual.clip_outputs if n != teacher]
     clips = ([("original", visual.clip_original)] if visual.clip_original is not None else []) + [
         (n, visual.clip_outputs[n]) for n in names

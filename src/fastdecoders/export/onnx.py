@@ -28,6 +28,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.export.spec import FORMAT_VERSION, MAX_BATCH, MAX_FRAMES, MAX_SIDE, METADATA_KEY, GraphSpec, require
 from fastdecoders.export.stream import stream_graph_spec
+from fastdecoders.latents import get_latent_space
 from fastdecoders.models.fileformat import check_finite_state
 
 #: architectures that export, by graph kind; everything else is refused with this list.
@@ -131,8 +132,6 @@ def export_graph(spec: GraphSpec, opset: int | None = None):
 
 def decoder_metadata(decoder: nn.Module, spec: GraphSpec, kind: str, dtype: torch.dtype) -> dict[str, Any]:
     """What a runtime needs to use the file without fastdecoders: names, layouts, range, factors, conventions."""
-    from fastdecoders.latents import get_latent_space
-
     space_name = getattr(decoder, "latent_space_name", None)
     space = get_latent_space(space_name) if space_name else None
     return {

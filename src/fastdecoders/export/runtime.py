@@ -18,6 +18,7 @@ import torch
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.export.spec import METADATA_KEY, require
+from fastdecoders.io import atomic_path
 
 
 def read_metadata(model_or_path: Any) -> dict[str, Any]:
@@ -137,8 +138,6 @@ class OnnxDecoder:
 
 def save_model(model: Any, path: str | os.PathLike) -> Path:
     """Write an ``onnx.ModelProto`` to ``path`` atomically (one file: weights inside)."""
-    from fastdecoders.io import atomic_path
-
     onnx = require("onnx")
     with atomic_path(path) as tmp:
         onnx.save_model(model, str(tmp))

@@ -26,12 +26,12 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.export.runtime import Runner, check_shape, static_hint
 from fastdecoders.export.spec import MAX_BATCH, MAX_FRAMES, MAX_SIDE, GraphSpec
+from fastdecoders.latents import get_latent_space
+from fastdecoders.models.taehv import FrameMemory, per_frame, to_pm1_frames
 
 
 def _memory_steps(decoder: nn.Module) -> list[int]:
     """Indices of the decoder's steps that carry a state (its memory blocks)."""
-    from fastdecoders.models.taehv import FrameMemory
-
     return [i for i, step in enumerate(decoder.decoder.steps) if isinstance(step, FrameMemory)]
 
 
@@ -43,8 +43,6 @@ class StreamStep(nn.Module):
         self.decoder = decoder
 
     def forward(self, latents: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from fastdecoders.models.taehv import FrameMemory, per_frame, to_pm1_frames
-
         x = latents.transpose(1, 2)  # (B, T, C, h, w)
         carried = iter(states)
         next_states = []
@@ -129,8 +127,6 @@ class OnnxStreamingDecoder:
 
     def _frame_rule(self) -> tuple[int, int | None]:
         """(frames dropped at the start of each unit, unit length in raw frames or None for the whole clip)."""
-        from fastdecoders.latents import get_latent_space
-
         k = self.meta["temporal_factor"]
         if not self.meta.get("latent_space"):
             return k - 1, None

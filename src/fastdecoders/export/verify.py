@@ -14,6 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastdecoders.errors import FastDecodersError
+from fastdecoders.export.runtime import OnnxDecoder
+from fastdecoders.export.spec import require
+from fastdecoders.export.stream import OnnxStreamingDecoder
+from fastdecoders.io import center_crop_resize, read_image
+from fastdecoders.latents import get_latent_space, to_pm1
+from fastdecoders.quality import sample_photo_paths
+from fastdecoders.weights import load_encoder
+
 FP32_TOLERANCE = 1e-4
 
 
@@ -32,12 +41,6 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def real_latents(decoder: nn.Module, shape: tuple[int, ...], kind: str, weights_dir: str | None) -> torch.Tensor | str:
     """Latents of a real photo in ``decoder``'s family fitting ``shape`` (the graph input's), or why there are none."""
-    from fastdecoders.errors import FastDecodersError
-    from fastdecoders.io import center_crop_resize, read_image
-    from fastdecoders.latents import get_latent_space, to_pm1
-    from fastdecoders.quality import sample_photo_paths
-    from fastdecoders.weights import load_encoder
-
     space = get_latent_space(decoder.latent_space_name)
     if space.tae_encoder is None:
         return f"no TAE encoder for {space.name} latents here (pass --latents FILE)"
@@ -71,10 +74,6 @@ def verify(decoder: nn.Module, model: Any, meta: dict[str, Any], latents: torch.
            weights_dir: str | None = None, real: bool = True) -> dict[str, Any]:  # fmt: skip
     """{"ok", "checks": [...]} for an exported ``model`` (``onnx.ModelProto``) of ``decoder``; ``real=False`` skips
     the real-latents check (random latents only)."""
-    from fastdecoders.export.runtime import OnnxDecoder
-    from fastdecoders.export.spec import require
-    from fastdecoders.export.stream import OnnxStreamingDecoder
-
     onnx = require("onnx")
     checks: list[dict[str, Any]] = []
     try:

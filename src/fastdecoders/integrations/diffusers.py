@@ -38,6 +38,8 @@ from fastdecoders.latents import LatentSpace, get_latent_space
 from fastdecoders.models import Decoder, DecoderOutput
 from fastdecoders.models.diffusers_vae import vae_channels, vae_latent_spaces, vae_spatial_factor
 from fastdecoders.registry import get_spec, list_decoders
+from fastdecoders.switching.core import PipelineVAE
+from fastdecoders.video import write_stream
 from fastdecoders.weights import load_decoder
 
 _PIXEL_LAYOUTS = {"NCHW": "images (B, C, h, w)", "NTCHW": "frames (B·T, C, h, w)", "NCTHW": "clips (B, C, t, h, w)"}
@@ -340,8 +342,6 @@ class DecoderSwap:
         (1, C, t, h, w) for Wan and HunyuanVideo; CogVideoX returns (1, t, C, h, w): pass ``layout="NTCHW"``.
         Returns ``{"path", "frames"}``; nothing is written on failure.
         """
-        from fastdecoders.video import write_stream
-
         if layout not in ("NCTHW", "NTCHW"):
             raise FastDecodersError(f"layout: expected NCTHW or NTCHW, got {layout!r}")
         z = latents.transpose(1, 2) if layout == "NTCHW" else latents
@@ -398,7 +398,6 @@ def use(pipe: Any, decoder: str | Decoder, *, latents: str | None = None, **load
         )
     adapter = DiffusersVAEAdapter(vae, loaded, latents=latents, pipeline_name=type(pipe).__name__)
     if getattr(loaded, "arch", None) == "switch" and loaded.heavy is None:  # a switch whose heavy is the pipeline's VAE
-        from fastdecoders.switching.core import PipelineVAE
 
         loaded.bind_heavy(PipelineVAE(vae, adapter._space, adapter._mean, adapter._std))
     return DecoderSwap(pipe, adapter, previous)

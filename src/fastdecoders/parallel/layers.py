@@ -32,6 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder
+from fastdecoders.models.layers import Clamp, TAEBlock
+from fastdecoders.models.tae import TAEDecoder
+from fastdecoders.models.temporal import TemporalMidBlock, TemporalTAEDecoder
 from fastdecoders.parallel.comm import Bands, all_reduce_sum, exchange_halo, gather_bands
 
 
@@ -63,11 +67,6 @@ def _diffusers_classes() -> dict[str, type]:
 @functools.cache
 def _row_local_types() -> tuple[type, ...]:
     """Modules whose own forward code (read for this) only mixes channels, columns or frames, never rows."""
-    from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder
-    from fastdecoders.models.layers import Clamp, TAEBlock
-    from fastdecoders.models.tae import TAEDecoder
-    from fastdecoders.models.temporal import TemporalMidBlock, TemporalTAEDecoder
-
     torch_types = (nn.ReLU, nn.SiLU, nn.GELU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout, nn.Linear,
                    nn.Sequential, nn.ModuleList)  # fmt: skip
     ours = (Clamp, TAEBlock, TAEDecoder, DiffusersVAEDecoder, TemporalMidBlock, TemporalTAEDecoder)

@@ -25,17 +25,19 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.integrations.diffusers import DiffusersVAEAdapter, same_latents
 from fastdecoders.latents import LatentSpace, get_latent_space, to_01, unpack_tokens
+from fastdecoders.models.diffusers_vae import vae_latent_spaces
 from fastdecoders.previews.linear import LinearPreview, load_linear_preview
 from fastdecoders.previews.sinks import PreviewFrame, make_sink
+from fastdecoders.registry import get_spec, is_registered
+from fastdecoders.weights import load_decoder
 
 
 def pipeline_latent_space(pipe: Any, latents: str | None = None) -> LatentSpace:
     """The latent space of ``pipe``'s VAE (``latents`` overrides; one clear error when it cannot be told)."""
     if latents is not None:
         return get_latent_space(latents)
-    from fastdecoders.integrations.diffusers import DiffusersVAEAdapter
-    from fastdecoders.models.diffusers_vae import vae_latent_spaces
 
     vae = getattr(pipe, "vae", None)
     if isinstance(vae, DiffusersVAEAdapter):  # fastdecoders.use() is active: its space is already known
@@ -59,9 +61,6 @@ def resolve_preview_decoder(decoder: str | nn.Module, space: LatentSpace, **load
     elif str(decoder).endswith(".json"):
         module = LinearPreview.load(decoder)
     else:
-        from fastdecoders.registry import get_spec, is_registered
-        from fastdecoders.weights import load_decoder
-
         if is_registered(str(decoder)):  # a wrong family fails before any weights are looked for
             _check_family(str(decoder), get_spec(str(decoder)).latents, space)
         module = load_decoder(decoder, **load_kwargs)
@@ -76,8 +75,6 @@ def resolve_preview_decoder(decoder: str | nn.Module, space: LatentSpace, **load
 
 
 def _check_family(name: str, declared: str | None, space: LatentSpace) -> None:
-    from fastdecoders.integrations.diffusers import same_latents
-
     if declared is not None and not same_latents(get_latent_space(declared), space):
         raise FastDecodersError(
             f"preview: {name} decodes {declared} latents, but the pipeline makes {space.name} latents"

@@ -19,9 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.eval.metrics import psnr
 from fastdecoders.io import center_crop_resize, list_images, read_image
 from fastdecoders.latents import LatentSpace, get_latent_space, to_01, to_pm1
+from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder, vae_folder, vae_latent_spaces
 from fastdecoders.previews.linear import LinearPreview, fit_linear
+from fastdecoders.weights import load_decoder, load_encoder
 
 
 @dataclass
@@ -39,11 +42,8 @@ class Codec:
 def resolve_codec(vae: str, latents: str | None = None, weights_dir: str | os.PathLike | None = None) -> Codec:
     """``vae``: a diffusers image-VAE folder (its own encoder and decoder), or a decoder name/path whose latent family
     has a tiny encoder here (``taesdxl``, a trained student's file …; encoded with that family's TAE encoder)."""
-    from fastdecoders.models.diffusers_vae import vae_folder
-
     if Path(vae).exists() and vae_folder(vae) is not None:
         return _diffusers_codec(vae, latents)
-    from fastdecoders.weights import load_decoder, load_encoder
 
     decoder = load_decoder(vae, latents=latents, weights_dir=weights_dir)
     name = latents or getattr(decoder, "latent_space_name", None)
@@ -66,7 +66,6 @@ def _diffusers_codec(folder: str, latents: str | None) -> Codec:
 
     import diffusers
 
-    from fastdecoders.models.diffusers_vae import DiffusersVAEDecoder, vae_folder, vae_latent_spaces
 
     found = vae_folder(folder)
     class_name = json.loads((found / "config.json").read_text()).get("_class_name")
@@ -106,8 +105,6 @@ def encode_pairs(codec: Codec, paths: Sequence[Path], size: int) -> tuple[torch.
 
 def preview_psnr(preview: LinearPreview, latents: torch.Tensor, targets: torch.Tensor) -> float:
     """Mean per-image PSNR (dB, [0, 1] range) of the preview against the decoder's latent-resolution output."""
-    from fastdecoders.eval.metrics import psnr
-
     with torch.no_grad():
         return float(psnr(to_01(preview(latents)), to_01(targets)).mean())
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.integrations.diffusers import same_latents
+from fastdecoders.io import atomic_write_text
 from fastdecoders.latents import LATENT_SPACES, LatentSpace, get_latent_space
 from fastdecoders.models.protocol import LatentDecoder
 
@@ -83,8 +85,6 @@ class LinearPreview(LatentDecoder):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON file atomically."""
-        from fastdecoders.io import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return Path(path)
 
@@ -110,7 +110,6 @@ def load_linear_preview(latents: str | LatentSpace | os.PathLike) -> LinearPrevi
     ``svd`` uses ``sd1``'s), or a JSON file path."""
     if isinstance(latents, (str, os.PathLike)) and str(latents).endswith(".json"):
         return LinearPreview.load(latents)
-    from fastdecoders.integrations.diffusers import same_latents
 
     space = get_latent_space(latents)
     for family in shipped_families():

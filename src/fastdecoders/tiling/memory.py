@@ -12,6 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from fastdecoders.io import available_memory
 from fastdecoders.models.protocol import TileJob
 
 #: side of the probe used to measure bytes per latent pixel (latent pixels; 16 -> 128² pixels at f8).
@@ -109,7 +110,6 @@ def memory_budget(device: torch.device | str) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    from fastdecoders.io import available_memory  # psutil is optional
 
     return available_memory()
 

