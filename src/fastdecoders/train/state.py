@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from fastdecoders.bench.timing import default_sync
 from fastdecoders.train import checkpoint as ckpt
 from fastdecoders.train.config import OptimConfig, TrainConfig
 from fastdecoders.train.data import Batches
@@ -56,12 +57,9 @@ class Stopwatch:
 
     def __init__(self, device: torch.device):
         self.device, self.seconds, self.train_seconds, self.images = device, 0.0, 0.0, 0
+        self._sync = default_sync(device)  # waits for the device before reading the clock (bench.timing's one helper)
         self._mark = self._window_start = time.perf_counter()
         self.window_steps, self._window_images, self._window_paused = 0, 0, 0.0
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def count(self, images: int) -> None:
         self.window_steps += 1
