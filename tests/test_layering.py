@@ -16,9 +16,6 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "fastdecoders"
 
-#: circles still open in modules other helpers are reshaping; each entry must disappear once fixed (see
-#: test_known_circles_are_still_open), and no other circle may appear.
-KNOWN_CIRCLES: list[set[str]] = []
 
 def _modules() -> dict[str, Path]:
     mods = {}
@@ -120,14 +117,8 @@ def test_the_graph_is_read(graph):
 
 
 def test_no_import_circle(graph):
-    circles = [c for c in strongly_connected(graph) if c not in KNOWN_CIRCLES]
+    circles = strongly_connected(graph)
     assert not circles, "import circles: " + "; ".join(" <-> ".join(_short(c)) for c in circles)
-
-
-def test_known_circles_are_still_open(graph):
-    current = strongly_connected(graph)
-    closed = [c for c in KNOWN_CIRCLES if c not in current]
-    assert not closed, f"remove these fixed circles from KNOWN_CIRCLES: {[_short(c) for c in closed]}"
 
 
 def _imports_outside(graph, module: str, allowed: set[str]) -> list[str]:
@@ -158,8 +149,8 @@ def test_the_file_format_sits_below_every_model(graph):
 
 
 def test_weights_sits_right_above_the_models(graph):
-    # which file a name means is below every feature (train, eval, switching ...), which all load through it;
-    # switching.file is the open exception recorded in KNOWN_CIRCLES
+    # which file a name means is below every feature (train, eval, switching ...), which all load through it; the one
+    # exception is reading a switch file (switching.file), which imports nothing that leads back here
     allowed = {f"{PACKAGE}.{m}" for m in ("errors", "latents", "registry", "io", "switching.file")}
     above = [t for t in graph[f"{PACKAGE}.weights"] if t not in allowed and not t.startswith(f"{PACKAGE}.models")]
     assert not above, f"weights imports {_short(above)}"
