@@ -3,7 +3,6 @@ item out."""
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 
@@ -51,7 +50,6 @@ class DecodeWorker:
                                     device=args.device, dtype=getattr(torch, args.dtype))  # fmt: skip
         self.space = get_latent_space(self.decoder.latent_space_name)
         self.name = getattr(self.decoder, "registry_name", None) or args.decoder
-        self.takes_frames = "num_frames" in inspect.signature(self.decoder.forward).parameters
 
     def decode(self, latents: torch.Tensor) -> Decoded:
         """(n, C, h, w) image latents or (n, t, C, h, w) / (n, C, t, h, w) clip latents, diffusion space (raw with
@@ -110,8 +108,9 @@ class DecodeWorker:
             video = decoder(ncthw)  # (n, 3, T, H, W)
             return to_01(video.permute(0, 2, 1, 3, 4)).float().cpu().numpy()
         frames = ncthw.permute(0, 2, 1, 3, 4)  # (n, t, C, h, w): an image decoder, frame by frame per clip
-        kwargs = {"num_frames": frames.shape[1]} if self.takes_frames else {}
-        return to_01(torch.stack([decoder(clip, **kwargs) for clip in frames])).float().cpu().numpy()
+        # one clip's frames per call (the decode protocol: SVD-style decoders get num_frames, image decoders ignore it)
+        clips = [decoder.decode_latents(clip, num_frames=len(clip)) for clip in frames]
+        return to_01(torch.stack(clips)).float().cpu().numpy()
 
 
 def _to_uint8(image01: np.ndarray) -> np.ndarray:
