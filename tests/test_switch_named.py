@@ -99,6 +99,6 @@ def test_every_verb_takes_the_names(capsys, tmp_path, taesd_weights_dir, kodak_d
     assert {STUDENT, SWITCH} <= set(json.loads(out)["decoders"])
     monkeypatch.setenv("FASTDECODERS_WEIGHTS", str(taesd_weights_dir))  # bench finds weights on the weights path
     code, out, err = run_cli(capsys, "bench", STUDENT, SWITCH, "--sizes", 64, "--runs", 1, "--threads", 1,
-                             "--no-peak", "--no-teacher", "--json")  # fmt: skip
+                             "--no-peak", "--no-teacher", "--plot", tmp_path / "bench.png", "--json")  # fmt: skip
     assert code == 0, err
     assert STUDENT in out and SWITCH in out
