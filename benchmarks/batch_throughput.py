@@ -110,9 +110,12 @@ def main() -> None:
         make_inputs(folder, args.items, shape, args.shard_items)
         for n, mode in enumerate(args.modes.split(",")):
             key = f"{mode}#{n}"  # modes may repeat (interleaved runs show the machine's drift)
-            load = os.getloadavg()
+            load, cpu = os.getloadavg(), time.process_time()
             if mode == "bare":
-                results["modes"][key] = {**bare(args, folder, worker, shape), "load": [load, os.getloadavg()]}
+                result = bare(args, folder, worker, shape)
+                # this process's CPU time per item (all its threads): what the engine costs beyond the decoder
+                result["cpu_ms_per_item"] = round(1000 * (time.process_time() - cpu) / result["items"], 1)
+                results["modes"][key] = {**result, "load": [load, os.getloadavg()]}
                 print(json.dumps({key: results["modes"][key]}), flush=True)
                 continue
             out = Path(tmp) / mode
@@ -125,6 +128,8 @@ def main() -> None:
             keys = ("items", "written", "failed", "seconds", "items_per_s", "steady_items_per_s", "first_item_s",
                     "decoder_busy")
             results["modes"][key] = {**{k: summary[k] for k in keys}, "load": [load, os.getloadavg()]}
+            if not ray:  # (Ray's actors are other processes: not counted)
+                results["modes"][key]["cpu_ms_per_item"] = round(1000 * (time.process_time() - cpu) / args.items, 1)
             shutil.rmtree(out)  # the next mode writes afresh (and the disk stays small)
             print(json.dumps({key: results["modes"][key]}), flush=True)
     bares = [v["items_per_s"] for k, v in results["modes"].items() if k.startswith("bare")]

@@ -50,8 +50,9 @@ class DecodeJob:
     #: local Ray only: CPUs and object store size of the cluster the job starts.
     num_cpus: int | None = None
     object_store_mb: int = 300
-    #: embedded engine: writer threads and batches read ahead.
+    #: embedded engine: writer threads; ray: read and write tasks at once (at least ``workers``).
     writers: int = 2
+    #: embedded engine: batches read ahead.
     prefetch: int = 2
     progress: bool = True
     #: fault injection for tests: a marker file; the first Ray actor to start its second batch while the file is

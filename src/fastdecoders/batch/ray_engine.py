@@ -106,11 +106,11 @@ def ray_cluster(job) -> Iterator:
             ray.shutdown()
 
 
-def io_pool(ray, workers: int):
-    """The task pool of the read and write stages. They reserve no CPU: the model actors may hold every CPU of the
-    cluster (2 workers x 1 CPU on 2 cores), and reserved CPUs would leave none to schedule them (a stall); their
-    pool is bounded instead."""
-    return ray.data.TaskPoolStrategy(size=max(2, workers))
+def io_pool(ray, size: int):
+    """The task pool of the read and write stages: at most ``size`` (>= 2) tasks at once. They reserve no CPU: the
+    model actors may hold every CPU of the cluster (2 workers x 1 CPU on 2 cores), and reserved CPUs would leave
+    none to schedule them (a stall); their pool is bounded instead."""
+    return ray.data.TaskPoolStrategy(size=max(2, size))
 
 
 def actor_threads(job) -> int | None:
@@ -126,7 +126,9 @@ def run_ray(job, units: list[Unit], write: Callable[[Unit, Decoded, str], list[d
         args = DecoderArgs(**{**job.decoder.__dict__, "threads": actor_threads(job),
                               "device": "cuda" if job.gpus_per_worker > 0 else job.decoder.device})  # fmt: skip
         ds = ray.data.from_items([{"unit": json.dumps(u.as_row())} for u in units], override_num_blocks=len(units))
-        pool = io_pool(ray, job.workers)
+        # write tasks are processes (no shared GIL): at 1024² a GPU decodes faster than ten cores write PNGs, so a
+        # GPU job raises --writers (concurrent read and write tasks in the whole job) to its cores
+        pool = io_pool(ray, max(job.workers, job.writers))
         ds = ds.map(_read, num_cpus=0, compute=pool)
         # a fixed pool of decoder actors; Ray Data gives actors max_restarts=-1 and max_task_retries=-1 by default,
         # so a dead actor is replaced and its batch retried

@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="skip items the manifest records as done and whose files check out (default: on when the "
                    "manifest exists)")  # fmt: skip
     add_ray_arguments(g, "decoder")
-    g.add_argument("--writers", type=int, default=2, help="embedded: image-writing threads")
+    g.add_argument("--writers", type=int, default=2, help="embedded: image-writing threads; ray: read and write "
+                   "tasks at once in the whole job (at least --workers; raise it to the cores of a GPU "
+                   "job)")  # fmt: skip
     g.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
