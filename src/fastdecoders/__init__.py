@@ -28,8 +28,9 @@ def use(pipe, decoder, **kwargs):
 
 
 def switch(light, heavy, gate, threshold=None, **kwargs):
-    """A light/heavy decoder pair routed per item by a gate (see ``fastdecoders.switching.switch``, docs/switch.md)."""
-    from fastdecoders.switching import switch as _switch
+    """A light/heavy decoder pair routed per item by a gate (see ``fastdecoders.switching.api.switch``,
+    docs/switch.md)."""
+    from fastdecoders.switching.api import switch as _switch
 
     return _switch(light, heavy, gate, threshold, **kwargs)
 

@@ -38,6 +38,7 @@ from fastdecoders.models.fileformat import (
 from fastdecoders.models.taehv import TAEHVDecoder, is_taehv_state_dict
 from fastdecoders.models.taehv import config_from_state_dict as taehv_config_from_state_dict
 from fastdecoders.registry import DecoderSpec, get_spec, is_registered, list_decoders, unknown_name_message
+from fastdecoders.switching.file import load_switch
 
 WEIGHTS_ENV = "FASTDECODERS_WEIGHTS"
 #: config.json key of a converted AutoencoderTiny folder naming its latent space (diffusers ignores "_" keys)
@@ -223,8 +224,6 @@ def _load_file(path: Path, weights_dir: str | os.PathLike | None = None) -> Deco
     header = read_header(metadata)
     if header is not None:
         if header.get("arch") == "switch":  # a dynamic switch: a gate plus the names of its two decoders
-            from fastdecoders.switching.file import load_switch  # lazy: switching loads its decoders through us
-
             return load_switch(path, header, state, weights_dir, load_decoder)
         decoder = decoder_from_header(header, ARCHITECTURES, str(path))
     elif _is_upstream_tae(state):

@@ -24,8 +24,12 @@ from typing import Any
 
 import torch
 
-from fastdecoders.bench.speed import DTYPES, Size, load_for_bench
+from fastdecoders.bench.speed import DTYPES, Size, check_device, device_name, load_for_bench, parse_dtype
+from fastdecoders.bench.timing import default_sync
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.latents import get_latent_space
+from fastdecoders.models.diffusers_vae import PUBLISHED
+from fastdecoders.progress import progress as show_progress
 from fastdecoders.testing.tiny_pipelines import tiny_pipeline
 
 PIPELINES = ("sdxl", "svd", "wan2.1")
@@ -45,7 +49,6 @@ ROW_KEYS = ("pipeline", "shape", "dtype", "steps", "decoder", "teacher", "ms_ste
 def _sdxl(tiny: bool, size: Size, gen: torch.Generator, device: torch.device) -> tuple[Any, dict]:
     import diffusers
 
-    from fastdecoders.models.diffusers_vae import PUBLISHED
 
     with torch.device(device):  # random init directly on the device: seconds on a GPU for billions
         if tiny:
@@ -85,7 +88,6 @@ def _svd(tiny: bool, size: Size, gen: torch.Generator, device: torch.device) -> 
     from PIL import Image
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from fastdecoders.models.diffusers_vae import PUBLISHED
 
     with torch.device(device):  # random init directly on the device: seconds on a GPU for billions
         if tiny:
@@ -141,8 +143,6 @@ _BUILDERS: dict[str, Callable[[bool, Size, torch.Generator, torch.device], tuple
 
 def pipeline_size(name: str, size: Size | None, tiny: bool) -> Size:
     """The size to run ``name`` at (its published one by default), checked against its latent geometry."""
-    from fastdecoders.latents import get_latent_space
-
     check_pipeline(name)
     default = (TINY_SIZES if tiny else SIZES)[name]
     size = size or default
@@ -257,9 +257,6 @@ def run_pipeline(
 ) -> dict[str, Any]:  # fmt: skip
     """Time pipeline ``name`` with its own decoder and with ``decoder`` (default: ours for that family)."""
     import fastdecoders
-    from fastdecoders.bench.speed import check_device, device_name, parse_dtype
-    from fastdecoders.bench.timing import default_sync
-    from fastdecoders.progress import progress as show_progress
 
     check_pipeline(name)
     dev = check_device(device)

@@ -12,6 +12,8 @@ import argparse
 import torch
 
 from fastdecoders.commands import add_weights_dir, format_table
+from fastdecoders.switching.calibrate import parse_floor
+from fastdecoders.switching.fit import fit_from_images
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from fastdecoders.switching.calibrate import parse_floor
-    from fastdecoders.switching.fit import fit_from_images
-
     if args.threads:
         torch.set_num_threads(args.threads)
     return fit_from_images(args.light, args.heavy, args.images, args.out, size=args.size, limit=args.limit,

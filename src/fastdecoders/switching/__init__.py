@@ -7,8 +7,7 @@
 See docs/switch.md.
 """
 
-from fastdecoders.switching.api import switch
 from fastdecoders.switching.core import PIPELINE_VAE, SwitchConfig, SwitchDecoder
 from fastdecoders.switching.gate import Gate, GateConfig
 
-__all__ = ["PIPELINE_VAE", "Gate", "GateConfig", "SwitchConfig", "SwitchDecoder", "switch"]
+__all__ = ["PIPELINE_VAE", "Gate", "GateConfig", "SwitchConfig", "SwitchDecoder"]

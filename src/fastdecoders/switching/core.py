@@ -25,8 +25,10 @@ from fastdecoders.latents import get_latent_space
 from fastdecoders.models.base import Decoder
 from fastdecoders.models.fileformat import FORMAT_VERSION, METADATA_KEY, config_to_dict
 from fastdecoders.models.tae import TAEDecoder
+from fastdecoders.prune.ops import feature_points
 from fastdecoders.registry import is_registered
 from fastdecoders.switching.gate import Gate, GateConfig
+from fastdecoders.switching.video import decode_chunks
 
 #: the heavy decoder named in a switch file to mean "the diffusers pipeline's own VAE" (bound by ``use(pipe, ...)``).
 PIPELINE_VAE = "pipeline:vae"
@@ -113,8 +115,6 @@ def light_tail(light: TAEDecoder, x: torch.Tensor, point: str) -> torch.Tensor:
 
 def default_feature_point(light: nn.Module) -> str:
     """The end of the light decoder's first stage (its latent-resolution features)."""
-    from fastdecoders.prune.ops import feature_points
-
     return feature_points(light)[0]
 
 
@@ -213,8 +213,6 @@ class SwitchDecoder(Decoder):
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         self._check(latents)
         if latents.ndim == 5:
-            from fastdecoders.switching.video import decode_chunks
-
             out, routes, scores = decode_chunks(self, latents)
             self.last_routes, self.last_scores = routes, scores
             return out

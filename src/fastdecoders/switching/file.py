@@ -14,13 +14,12 @@ from torch import nn
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.fileformat import config_from_dict, load_strict
+from fastdecoders.registry import is_registered
 from fastdecoders.switching.core import PIPELINE_VAE, SwitchConfig, SwitchDecoder
 from fastdecoders.switching.gate import Gate
 
 
 def _resolve(target: str, folder: Path) -> str:
-    from fastdecoders.registry import is_registered
-
     if is_registered(target) or Path(target).is_absolute():
         return target
     local = folder / target

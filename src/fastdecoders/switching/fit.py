@@ -11,12 +11,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fastdecoders.bench.flops import count_flops
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.eval.metrics import ssim
+from fastdecoders.io import center_crop_resize, list_images, read_image
 from fastdecoders.latents import get_latent_space, to_01
 from fastdecoders.models.base import Decoder
 from fastdecoders.progress import progress
-from fastdecoders.switching.core import default_feature_point, light_head
+from fastdecoders.switching.calibrate import threshold_for_budget, threshold_for_floor, within_floor
+from fastdecoders.switching.core import SwitchConfig, SwitchDecoder, check_pair, default_feature_point, light_head
 from fastdecoders.switching.gate import Gate, GateConfig
+from fastdecoders.weights import load_decoder, load_encoder
 
 #: what a gate can be trained to predict (``fit_switch``'s ``score``)
 SCORES = ("deficit", "gain")
@@ -51,8 +56,6 @@ def collect(light: Decoder, heavy: Decoder, latents: torch.Tensor, photos01: tor
     reports).
     ``point``: keep the light decoder's features there (a "features" gate).
     """
-    from fastdecoders.eval.metrics import ssim
-
     feats, deficit, lp, hp, ls, hs = [], [], [], [], [], []
     bar = progress(total=latents.shape[0], desc="decoding light + heavy", unit="items", enabled=show)
     for i in range(0, latents.shape[0], batch_size):
@@ -113,8 +116,6 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def load_photos(folder: str | Path, size: int, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
     """(N, 3, size, size) centre crops in [0, 1] of the photos in ``folder`` (sorted), and their paths."""
-    from fastdecoders.io import center_crop_resize, list_images, read_image
-
     paths = list_images(folder)[:limit]
     if not paths:
         raise FastDecodersError(f"--images: expected a folder with photos, got none in {folder}")
@@ -125,8 +126,6 @@ def load_photos(folder: str | Path, size: int, limit: int | None = None) -> tupl
 def encode_photos(photos01: torch.Tensor, space: str, weights_dir: str | None = None, batch_size: int = 4,
                   show: bool = True) -> torch.Tensor:  # fmt: skip
     """(N, 3, H, W) in [0, 1] -> (N, C, H/f, W/f) diffusion-space latents with the space's tiny encoder."""
-    from fastdecoders.weights import load_encoder
-
     stem = get_latent_space(space).tae_encoder
     if stem is None:
         raise FastDecodersError(f"switch fit: no tiny encoder is known for {space} latents; pass latents instead")
@@ -160,9 +159,6 @@ def fit_switch(light: Decoder, heavy: Decoder, latents: torch.Tensor, photos01: 
     against the photo (dB; needs ``photos01``, the photos the latents were encoded from: no annotation, but not
     label-free in the issue's sense). The deficit ranks photos by absolute error (textured photos, where both decoders
     are poor), the gain ranks them the way a mean PSNR counts them (docs/switch.md)."""
-    from fastdecoders.switching.calibrate import threshold_for_budget, threshold_for_floor, within_floor
-    from fastdecoders.switching.core import SwitchConfig, SwitchDecoder, check_pair
-
     check_pair(light, heavy)
     if (budget is None) == (floor is None):
         raise FastDecodersError("switch fit: give exactly one of --budget or --floor")
@@ -216,9 +212,6 @@ def fit_from_images(light: str, heavy: str, images: str | Path, out: str | Path,
     """``fastdecoders switch fit``: load both decoders (names or files), encode the photos of ``images`` with the
     latent space's tiny encoder, fit and calibrate (``fit_switch``), write the switch file ``out`` (.safetensors,
     the report in its metadata); returns the report with ``file`` added."""
-    from fastdecoders.switching.core import check_pair
-    from fastdecoders.weights import load_decoder
-
     if not str(out).endswith(".safetensors"):
         raise FastDecodersError(f"-o: expected a .safetensors path, got {out}")
     if budget is not None and not 0 <= budget <= 1:
@@ -242,8 +235,6 @@ def fit_from_images(light: str, heavy: str, images: str | Path, out: str | Path,
 
 def gate_flops(sw: Any, z: torch.Tensor) -> dict[str, float]:
     """FLOPs of one item (``fastdecoders.bench.flops.count_flops``): gate, light, heavy, and gate / light."""
-    from fastdecoders.bench.flops import count_flops
-
     light, heavy = sw.light, sw.heavy
     if sw.config.input == "features":
         feats = light_head(light, z, sw.config.feature_point)

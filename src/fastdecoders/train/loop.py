@@ -50,6 +50,7 @@ from fastdecoders.train.features import setup_alignment, teacher_forward
 from fastdecoders.train.logs import RunLog, Running
 from fastdecoders.train.losses import Objective, adversarial_weight, frames
 from fastdecoders.train.losses import hinge_discriminator_loss as d_loss
+from fastdecoders.train.perceptual import perceptual_distance
 from fastdecoders.train.state import RunState, Stopwatch
 from fastdecoders.train.student import DecodeLatents, build_student, check_setup, run_student, sample_grid, validate
 from fastdecoders.train.teachers import check_spaces, load_teacher
@@ -103,8 +104,6 @@ def _run(cfg: TrainConfig, out: Path, space: LatentSpace, kind: str, resumed: tu
     # Frozen networks: a missing perceptual package or a wrong feature name fails before the (long) caching.
     perceptual = None
     if cfg.loss.uses("perceptual"):
-        from fastdecoders.train.perceptual import perceptual_distance
-
         perceptual = perceptual_distance(cfg.loss.perceptual_net, device)
     teacher = load_teacher(cfg.teacher, device)
     align = None
