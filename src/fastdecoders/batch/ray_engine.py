@@ -94,12 +94,14 @@ def ray_cluster(job) -> Iterator:
         if job.address:
             ray.init(address=job.address, **common)
         else:
-            ray.init(num_cpus=job.num_cpus or os.cpu_count(), object_store_memory=job.object_store_mb * 2**20,
-                     **common)  # fmt: skip
+            # the CPUs this process may run on (a container's or taskset's share), not the host's count
+            usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            cpus = job.num_cpus or usable
+            ray.init(num_cpus=cpus, object_store_memory=job.object_store_mb * 2**20, **common)
         started = True
     try:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # not "progress bars disabled" on every job
         ray.data.DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
         yield ray
     finally:
         if started:

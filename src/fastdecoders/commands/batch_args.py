@@ -47,7 +47,8 @@ def add_ray_arguments(group: argparse._ArgumentGroup, model: str) -> None:
     group.add_argument("--cpus-per-worker", type=float, default=1.0,
                        help=f"ray: CPUs per {model} actor (its torch threads)")  # fmt: skip
     group.add_argument("--address", default=None, help="ray: an existing cluster (default: start a local one)")
-    group.add_argument("--num-cpus", type=int, default=None, help="ray, local cluster: CPUs (default: all)")
+    group.add_argument("--num-cpus", type=int, default=None,
+                       help="ray, local cluster: CPUs (default: those this process may use)")  # fmt: skip
     group.add_argument("--object-store-mb", type=int, default=300, help="ray, local cluster: object store size")
 
 
