@@ -29,7 +29,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastdecoders.bench.flops import count_flops
 from fastdecoders.errors import FastDecodersError
+from fastdecoders.export.onnx import SUPPORTED, export_model, graph_kind
+from fastdecoders.export.runtime import OnnxDecoder, save_model
+from fastdecoders.export.spec import require
+from fastdecoders.export.stream import OnnxStreamingDecoder
+from fastdecoders.export.verify import verify
+from fastdecoders.io import atomic_write_text
 from fastdecoders.models.protocol import LatentDecoder
 from fastdecoders.torch_paths import TORCH_BACKENDS, fold_batchnorm, safe_half, torch_path
 
@@ -85,8 +92,6 @@ def device_key(device: torch.device | str) -> str:
 
 
 def _providers(device: torch.device) -> list[str]:
-    from fastdecoders.export.spec import require
-
     ort = require("onnxruntime")
     if device.type == "cpu":
         return ["CPUExecutionProvider"]
@@ -101,10 +106,6 @@ def _providers(device: torch.device) -> list[str]:
 
 def exported_file(decoder: nn.Module, dtype: torch.dtype) -> Path:
     """The dynamic-shape ONNX export of ``decoder`` in ``dtype``, from the cache or exported (and verified) now."""
-    from fastdecoders.export.onnx import export_model, graph_kind
-    from fastdecoders.export.runtime import save_model
-    from fastdecoders.export.verify import verify
-
     if dtype not in (torch.float32, torch.float16):
         raise FastDecodersError(f"backend onnxruntime: expected float32 or float16, got {str(dtype)[6:]}")
     kind = graph_kind(decoder)
@@ -179,10 +180,6 @@ class RuntimeVideoDecoder(_RuntimeDecoder):
 def runtime_decoder(decoder: nn.Module, backend: str = "onnxruntime", device: torch.device | str | None = None,
                     dtype: torch.dtype | None = None) -> nn.Module:  # fmt: skip
     """``decoder`` run by ``backend`` (``onnxruntime`` or ``openvino``): a module called like ``decoder``."""
-    from fastdecoders.export.onnx import graph_kind
-    from fastdecoders.export.runtime import OnnxDecoder
-    from fastdecoders.export.stream import OnnxStreamingDecoder
-
     if backend not in RUNTIME_BACKENDS:
         raise FastDecodersError(f"backend: expected one of {', '.join(RUNTIME_BACKENDS)}, got {backend!r}")
     param = next(decoder.parameters())
@@ -206,7 +203,6 @@ def available(backend: str, decoder: nn.Module, device: torch.device, dtype: tor
     """Why ``backend`` cannot run ``decoder`` here (None: it can)."""
     import importlib.util
 
-    from fastdecoders.export.onnx import SUPPORTED
 
     if backend not in RUNTIME_BACKENDS:
         return None
@@ -249,8 +245,6 @@ def _load_choices() -> dict[str, Any]:
 
 
 def _save_choice(key: str, entry: dict[str, Any]) -> None:
-    from fastdecoders.io import atomic_write_text
-
     choices = _load_choices()
     choices[key] = entry
     atomic_write_text(cache_dir() / "backends.json", json.dumps(choices, indent=1, sort_keys=True))
@@ -303,7 +297,6 @@ def choose_backend(decoder: nn.Module, shape: tuple[int, ...], dtype: torch.dtyp
         return {**entry, "cached": True}
     z = torch.randn(shape, device=device, dtype=dtype)
     kwargs = {"num_frames": num_frames} if num_frames is not None else {}
-    from fastdecoders.bench.flops import count_flops
 
     with torch.inference_mode():
         gflops = count_flops(lambda: decoder(z, **kwargs)) / 1e9

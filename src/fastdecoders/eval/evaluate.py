@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.eval import codec, metrics
+from fastdecoders.eval import codec, features, lpips, metrics
 from fastdecoders.eval.cache import Store
 from fastdecoders.eval.data import Preprocess, SkipList, discover
 from fastdecoders.eval.report import write_report
@@ -126,8 +126,6 @@ def _multiple(runs: list[Run]) -> int:
 def _resolve_metrics(config: EvalConfig, skipped: SkipList, notes: list[str]) -> tuple[str, ...]:
     """The metric list of this run. Explicitly requested metrics must be computable (one error otherwise);
     defaults whose weights are missing are left out, each with a ``skipped`` entry saying where to put them."""
-    from fastdecoders.eval import features, lpips
-
     explicit = config.metrics is not None
     wanted = tuple(config.metrics) if explicit else DEFAULT_METRICS.get(config.kind, DEFAULT_METRICS["images"])
     unknown = [m for m in wanted if m not in ALL_METRICS]

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from fastdecoders.bench.timing import default_sync
 from fastdecoders.errors import FastDecodersError, require_finite
-from fastdecoders.eval import codec, metrics
+from fastdecoders.eval import codec, features, lpips, metrics
 from fastdecoders.eval.cache import Store
 from fastdecoders.eval.data import Item, Preprocess, Sample, SkipList, load
 from fastdecoders.latents import LatentSpace
@@ -63,7 +63,6 @@ class Nets:
     """The feature networks a run needs, loaded once."""
 
     def __init__(self, chosen: tuple[str, ...], config: Any):  # config: an EvalConfig
-        from fastdecoders.eval import features, lpips
 
         self.lpips = {
             m: lpips.load_lpips(m.split("_", 1)[1], config.lpips_weights, config.device)

@@ -1,8 +1,9 @@
 """Flash-VAED-style acceleration of an existing decoder, keeping its latent space: channel pruning
 (``select``, ``plan``, ``tae``, ``diffusers_vae``), dominant-operator swaps (``ops``), three-phase distillation
-(``distill``) and the Pareto report (``report``). ``fastdecoders prune`` is the CLI (``cli``).
+(``distill``) and the Pareto report (``report``). ``fastdecoders prune`` is ``commands/prune_cmd.py``.
 
-Importing this package is cheap; submodules load what they need.
+Importing this package is cheap (``switching`` imports ``prune.ops`` at ``import fastdecoders``); ``prune`` and
+``PruneResult`` load ``prune.core`` on first use.
 """
 
 from __future__ import annotations
