@@ -13,10 +13,12 @@ except ``TemporalTAEDecoder`` which, like SVD's decoder, takes (B·T, C, h, w) p
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
+from fastdecoders.errors import FastDecodersError
 from fastdecoders.models.fileformat import config_to_dict, load_file, save_decoder
 from fastdecoders.models.protocol import DecoderOutput, LatentDecoder
 
@@ -54,6 +56,12 @@ class Decoder(LatentDecoder):
     ) -> Decoder:
         """A decoder saved by ``save_pretrained`` (our ``.safetensors``, or a folder holding ``model.safetensors``),
         in eval mode. Registry names, upstream files and hub ids: ``fastdecoders.load_decoder``."""
+        if not Path(path).exists():  # a registry name or hub id: say where those load, not just "no such file"
+            raise FastDecodersError(
+                f"{cls.__name__}.from_pretrained reads a file or folder saved by save_pretrained and {str(path)!r} is "
+                f"not one; registry names, upstream files and hub ids load with "
+                f"fastdecoders.load_decoder({str(path)!r})"
+            )
         classes = [cls, *_subclasses(cls)]
         decoder = load_file(path, {c.arch: c for c in classes if "arch" in vars(c)})
         return decoder.to(device=device, dtype=dtype).eval()
