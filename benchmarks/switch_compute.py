@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from fastdecoders.bench.flops import count_flops
+from fastdecoders.bench.timing import time_fn
 from fastdecoders.latents import get_latent_space
 from fastdecoders.models import build_decoder
 from fastdecoders.switching import Gate, GateConfig
 
 
 def median_ms(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median ms of ``runs`` timed calls after one warm-up (CPU: the clock needs no device sync)."""
+    return time_fn(fn, warmup=1, runs=runs).ms_median
 
 
 def main() -> None:

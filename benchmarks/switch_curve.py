@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from fastdecoders.bench.flops import count_flops
+from fastdecoders.bench.timing import time_fn
 from fastdecoders.switching.calibrate import threshold_for_budget
 from fastdecoders.switching.core import SwitchConfig, SwitchDecoder, default_feature_point, light_head, light_tail
 from fastdecoders.switching.fit import (
@@ -83,13 +85,8 @@ def curves(ev: Collected, scores: dict[str, torch.Tensor], seeds: int = 200) -> 
 
 
 def median_ms(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median ms of ``runs`` timed calls after one warm-up (CPU: the clock needs no device sync)."""
+    return time_fn(fn, warmup=1, runs=runs).ms_median
 
 
 def main() -> None:
@@ -172,7 +169,6 @@ def main() -> None:
                                         "random")}  # fmt: skip
 
     # Compute per item: FLOPs of every part, and CPU time (one thread, median of runs) in this one run.
-    from fastdecoders.bench.flops import count_flops
 
     z1 = ev.latents[:1]
     f1 = light_head(light, z1, point)

@@ -24,6 +24,7 @@ import torch
 
 from fastdecoders.batch.encoding import Encoded, EncodeUnit, encode_loaded, list_sources, load_source, make_units
 from fastdecoders.batch.manifest import Manifest
+from fastdecoders.batch.options import ENGINES, EngineOptions
 from fastdecoders.batch.ray_encode import run_ray_encode
 from fastdecoders.batch.ray_engine import import_ray
 from fastdecoders.errors import FastDecodersError
@@ -32,11 +33,9 @@ from fastdecoders.train.config import TeacherConfig
 from fastdecoders.train.teachers import load_teacher, teacher_space
 from fastdecoders.weights import TAE_ENCODERS
 
-ENGINES = ("embedded", "ray")
-
 
 @dataclass(frozen=True)
-class EncodeJob:
+class EncodeJob(EngineOptions):
     inputs: tuple[str, ...]
     out: str
     #: a TAE encoder stem (taesdxl_encoder …) or a diffusers VAE folder / hub id.
@@ -55,23 +54,8 @@ class EncodeJob:
     pixels: bool = False
     #: recorded in the shards as the decoder meant for them.
     decoder: str | None = None
-    manifest: str | None = None
-    resume: bool | None = None
-    progress: bool = True
-    engine: str = "embedded"
-    #: Ray: cluster address (None: a local Ray started and stopped by the job), encoder actors and their resources.
-    address: str | None = None
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    #: local Ray only: CPUs and object store size of the cluster the job starts.
-    num_cpus: int | None = None
-    object_store_mb: int = 300
     #: embedded engine: units whose pictures are read ahead of the encoder.
     prefetch: int = 3
-    #: fault injection for tests: a marker file; the first Ray actor to start its second batch while the file is
-    #: missing creates it and dies (its batch must be retried).
-    fault_exit_once: str | None = None
 
     def check(self) -> None:
         if self.shard_items < 1 or self.batch_size < 1 or self.workers < 1:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastdecoders.batch.embedded import run_embedded
 from fastdecoders.batch.manifest import Manifest
+from fastdecoders.batch.options import ENGINES, EngineOptions
 from fastdecoders.batch.outputs import FORMATS, clean_stale_temps, write_output
 from fastdecoders.batch.plan import Unit, make_plan
 from fastdecoders.batch.ray_engine import import_ray, run_ray
@@ -20,11 +21,9 @@ from fastdecoders.batch.worker import Decoded, DecoderArgs, DecodeWorker
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.shards import list_shards
 
-ENGINES = ("embedded", "ray")
-
 
 @dataclass(frozen=True)
-class DecodeJob:
+class DecodeJob(EngineOptions):
     """Everything a decode job needs (picklable)."""
 
     inputs: tuple[str, ...]
@@ -37,27 +36,10 @@ class DecodeJob:
     png_level: int = 6
     fps: float = 16.0
     batch_size: int = 8
-    #: manifest file; None: OUT/manifest.jsonl.
-    manifest: str | None = None
-    #: skip items done and verified; None: on when the manifest exists.
-    resume: bool | None = None
-    engine: str = "embedded"
-    #: Ray cluster address; None: a local Ray started (and stopped) by the job.
-    address: str | None = None
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    #: local Ray only: CPUs and object store size of the cluster the job starts.
-    num_cpus: int | None = None
-    object_store_mb: int = 300
     #: embedded engine: writer threads; ray: read and write tasks at once (at least ``workers``).
     writers: int = 2
     #: embedded engine: batches read ahead.
     prefetch: int = 2
-    progress: bool = True
-    #: fault injection for tests: a marker file; the first Ray actor to start its second batch while the file is
-    #: missing creates it and dies (its batch must be retried).
-    fault_exit_once: str | None = None
 
     def check(self) -> None:
         if self.fmt not in FORMATS:

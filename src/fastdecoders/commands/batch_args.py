@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fastdecoders.batch.job import ENGINES, DecodeJob, run_decode_job
+from fastdecoders.batch.job import DecodeJob, run_decode_job
+from fastdecoders.batch.options import ENGINES
 from fastdecoders.batch.outputs import FORMATS
 from fastdecoders.batch.worker import DecoderArgs
 from fastdecoders.errors import FastDecodersError

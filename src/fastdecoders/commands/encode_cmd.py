@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from fastdecoders.batch.encode import ENGINES, EncodeJob, run_encode_job
+from fastdecoders.batch.encode import EncodeJob, run_encode_job
+from fastdecoders.batch.options import ENGINES
 from fastdecoders.commands import add_weights_dir
 from fastdecoders.commands.batch_args import add_ray_arguments
 
