@@ -265,3 +265,20 @@ def test_encode_on_ray_without_ray_exits_2_with_one_line(capsys, tmp_path, kodak
                            "--engine", "ray", "--workers", "2", "--no-progress")  # fmt: skip
     assert code == 2 and "pip install 'fastdecoders[scale]'" in one_error_line(err)
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_cluster_that_cannot_be_joined_is_one_line(capsys, tmp_path, tiny, monkeypatch):
+    # Ray's own failure to join (after its retries) is a long traceback; ray.init fails here at once instead
+    ray = pytest.importorskip("ray", reason="needs the [scale] extra (ray[data])")
+
+    def refuse(*_, **kwargs):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    make_shards(tmp_path / "a", [2])
+    code, _, err = run_cli(capsys, "decode", tiny, tmp_path / "a", "-o", tmp_path / "out", "--engine", "ray",
+                           "--address", "127.0.0.1:9", "--no-progress")  # fmt: skip
+    line = one_error_line(err)
+    assert code == 2 and "--address 127.0.0.1:9: could not join the Ray cluster" in line and "Failed to connect" in line
+    assert not list((tmp_path / "out").glob("*.png"))

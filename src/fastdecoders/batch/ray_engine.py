@@ -92,7 +92,11 @@ def ray_cluster(job) -> Iterator:
     if not ray.is_initialized():
         common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning"}
         if job.address:
-            ray.init(address=job.address, **common)
+            try:
+                ray.init(address=job.address, **common)
+            except (ConnectionError, RuntimeError) as e:  # Ray's own is a long traceback after minutes of retries
+                reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                raise FastDecodersError(f"--address {job.address}: could not join the Ray cluster ({reason})") from None
         else:
             # the CPUs this process may run on (a container's or taskset's share), not the host's count
             usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
