@@ -13,7 +13,8 @@ import dataclasses
 from fastdecoders.commands import add_device, add_weights_dir, format_table
 from fastdecoders.config import from_dict
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.eval.evaluate import ALL_METRICS, EvalConfig, evaluate
+from fastdecoders.eval.config import EvalConfig
+from fastdecoders.eval.evaluate import ALL_METRICS, evaluate
 from fastdecoders.eval.features import VideoFeatures
 from fastdecoders.eval.lpips import LPIPS_ENV
 from fastdecoders.eval.report import COLUMNS, format_value

@@ -14,6 +14,7 @@ The result of a run (printed by ``fastdecoders eval --json``)::
      "report": "OUT/report.md", "html": "OUT/report.html", "skipped": [{"path", "why"}], "notes": [...], …}
 """
 
-from fastdecoders.eval.evaluate import EvalConfig, evaluate
+from fastdecoders.eval.config import EvalConfig
+from fastdecoders.eval.evaluate import evaluate
 
 __all__ = ["EvalConfig", "evaluate"]

@@ -12,7 +12,7 @@ only decodes again what it shows in the report, so an interrupted run resumes wh
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.eval import codec, features, lpips, metrics
 from fastdecoders.eval.cache import Store
+from fastdecoders.eval.config import EvalConfig
 from fastdecoders.eval.data import Preprocess, SkipList, discover
 from fastdecoders.eval.report import write_report
 from fastdecoders.eval.runner import Nets, Run, Runner, run_inputs
@@ -35,42 +36,6 @@ DEFAULT_METRICS = {
     "images": ("psnr", "ssim", "ms_ssim", "lpips_alex", "lpips_vgg", "fid", "kid"),
     "videos": ("psnr", "ssim", "flicker", "lpips_alex", "fid", "kid", "fvd"),
 }
-
-
-@dataclass
-class EvalConfig:
-    """Options of one run (the CLI flags of ``fastdecoders eval``)."""
-
-    kind: str
-    source: str | Path
-    out: str | Path
-    teacher: str | nn.Module | None = None
-    size: int | None = None
-    limit: int | None = None
-    clip_length: int = 17
-    frame_step: int = 1
-    clips_per_video: int = 1
-    #: None: the kind's defaults, leaving out those whose weights are missing (listed in ``skipped``).
-    metrics: tuple[str, ...] | None = None
-    lpips_weights: str | None = None
-    fvd_net: str | None = None
-    fvd_frames: int = 16
-    fvd_size: int = 224
-    fvd_range: str = "pm1"
-    #: frames per clip whose Inception features enter the video FID (evenly spaced).
-    fid_frames: int = 4
-    vae: str | None = None
-    latents_space: str | None = None
-    weights_dir: str | None = None
-    device: str = "cpu"
-    dtype: str = "float32"
-    cache: str | Path | None = None
-    resume: bool = True
-    grid_count: int = 4
-    crop_size: int = 128
-    batch_size: int = 8
-    progress: bool = True
-    write_report: bool = True
 
 
 # -- setup ----------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from fastdecoders.bench.timing import default_sync
 from fastdecoders.errors import FastDecodersError, require_finite
 from fastdecoders.eval import codec, features, lpips, metrics
 from fastdecoders.eval.cache import Store
+from fastdecoders.eval.config import EvalConfig
 from fastdecoders.eval.data import Item, Preprocess, Sample, SkipList, load
 from fastdecoders.latents import LatentSpace
 
@@ -62,7 +63,7 @@ class Visual:
 class Nets:
     """The feature networks a run needs, loaded once."""
 
-    def __init__(self, chosen: tuple[str, ...], config: Any):  # config: an EvalConfig
+    def __init__(self, chosen: tuple[str, ...], config: EvalConfig):
 
         self.lpips = {
             m: lpips.load_lpips(m.split("_", 1)[1], config.lpips_weights, config.device)
@@ -133,7 +134,7 @@ class Runner:
         self,
         runs: list[Run],
         teacher: Run | None,
-        config: Any,  # an EvalConfig (fastdecoders.eval.evaluate)
+        config: EvalConfig,
         prep: Preprocess,
         chosen: tuple[str, ...],
         nets: Nets,
