@@ -225,7 +225,7 @@ def _probe(decoder: nn.Module, dtype_name: str, device: torch.device, name: str)
     try:
         with torch.inference_mode():
             decoder(*args, **kwargs)
-    except (RuntimeError, NotImplementedError) as e:
+    except (RuntimeError, NotImplementedError) as e:  # torch's missing-kernel errors ("not implemented for 'Half'")
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FastDecodersError(
             f"--dtype: expected a dtype {name} runs in on {device}, got {dtype_name} ({first})"

@@ -24,7 +24,7 @@ from torch import nn
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.latents import LATENT_SPACES, LatentSpace, get_latent_space
 from fastdecoders.models.base import Decoder
-from fastdecoders.models.fileformat import load_strict, read_state_dict
+from fastdecoders.models.fileformat import as_tuples, load_strict, read_state_dict
 from fastdecoders.models.video_ops import apply_swaps
 from fastdecoders.registry import DecoderSpec, register
 
@@ -33,13 +33,6 @@ SUPPORTED = ("AutoencoderKL", "AutoencoderKLTemporalDecoder", "AutoencoderKLWan"
 VIDEO = ("AutoencoderKLWan", "AutoencoderKLLTXVideo")
 #: modules only the encode path uses; removed so that every remaining parameter is on the decode path.
 _ENCODE_ONLY = ("encoder", "quant_conv")
-
-
-def _canonical(value: Any) -> Any:
-    """Lists -> tuples, recursively: the form ``config_from_dict`` gives back, so saved configs compare equal."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_canonical(v) for v in value)
-    return value
 
 
 def _listify(value: Any) -> Any:
@@ -68,7 +61,7 @@ class DiffusersVAEConfig:
             except json.JSONDecodeError as e:
                 raise FastDecodersError(f"vae_config is not a JSON object ({e})") from None
         items = pairs.items() if isinstance(pairs, dict) else pairs
-        canonical = tuple(sorted((str(k), _canonical(v)) for k, v in items))
+        canonical = tuple(sorted((str(k), as_tuples(v)) for k, v in items))
         object.__setattr__(self, "vae_config", canonical)  # frozen: normalise once, here
         object.__setattr__(self, "swaps", tuple((str(p), str(k)) for p, k in self.swaps))
 

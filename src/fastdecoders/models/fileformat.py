@@ -41,19 +41,19 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def config_from_dict(config_class: type, values: dict[str, Any]) -> Any:
-    """Inverse of ``config_to_dict``: lists go back to tuples for tuple-typed fields; unknown keys are an error."""
+def config_from_saved(config_class: type, values: dict[str, Any]) -> Any:
+    """A saved model config (a file header's JSON, the inverse of ``config_to_dict``) rebuilt: lists go back to
+    tuples; unknown keys are an error. (User-written configs are checked by ``fastdecoders.config`` instead.)"""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise FastDecodersError(f"unknown {config_class.__name__} keys {unknown}; expected some of {sorted(fields)}")
-    return config_class(**{k: _tuplify(v) for k, v in values.items()})
+    return config_class(**{k: as_tuples(v) for k, v in values.items()})
 
 
-def _tuplify(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tuplify(v) for v in value)
-    return value
+def as_tuples(value: Any) -> Any:
+    """Lists (and tuples) -> tuples, recursively: JSON and torch.save hand back lists where tuples went in."""
+    return tuple(as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 # -- reading ----------------------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def decoder_from_header(header: dict[str, Any], architectures: Mapping[str, type
     if arch not in architectures:
         raise FastDecodersError(f"{source}: unknown architecture {arch!r}; known: {', '.join(architectures)}")
     cls = architectures[arch]
-    decoder = cls(config_from_dict(cls.config_class, header.get("config", {})))
+    decoder = cls(config_from_saved(cls.config_class, header.get("config", {})))
     decoder.latent_space_name = header.get("latents")
     decoder.registry_name = header.get("name")
     return decoder

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from fastdecoders.errors import FastDecodersError
-from fastdecoders.models.fileformat import config_from_dict, load_strict
+from fastdecoders.models.fileformat import config_from_saved, load_strict
 from fastdecoders.registry import is_registered
 from fastdecoders.switching.core import PIPELINE_VAE, SwitchConfig, SwitchDecoder
 from fastdecoders.switching.gate import Gate
@@ -32,7 +32,7 @@ def load_switch(path: Path, header: dict[str, Any], state: dict[str, Any], weigh
     name or path (relative to the file first; names on the weights path, ``weights_dir`` first). Missing decoders
     are one error naming them. ``load_decoder`` is ``fastdecoders.weights.load_decoder``, passed in by it (it loads
     switch files; switching sits above it)."""
-    config = config_from_dict(SwitchConfig, header.get("config", {}))
+    config = config_from_saved(SwitchConfig, header.get("config", {}))
     decoders, missing = {}, []
     for role in ("light", "heavy"):
         target = getattr(config, role)

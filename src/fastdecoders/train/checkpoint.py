@@ -19,6 +19,7 @@ import torch
 
 from fastdecoders.errors import FastDecodersError
 from fastdecoders.io import atomic_path, load_pickle
+from fastdecoders.models.fileformat import as_tuples
 
 _NAME = re.compile(r"step_(\d+)\.pt")
 
@@ -47,17 +48,12 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_tuples(state["python"]))
+    random.setstate(as_tuples(state["python"]))  # torch.save may hand back lists
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(value: Any) -> Any:
-    """``random.setstate`` wants nested tuples; a round trip through torch.save may hand back lists."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def save_checkpoint(out: Path, step: int, state: dict[str, Any], keep: int) -> Path:

@@ -16,7 +16,7 @@ from fastdecoders.eval.metrics import psnr, ssim
 from fastdecoders.io import image_grid
 from fastdecoders.latents import LatentSpace, get_latent_space, to_01
 from fastdecoders.models import Decoder, build_decoder
-from fastdecoders.models.fileformat import config_from_dict, config_to_dict, load_strict
+from fastdecoders.models.fileformat import config_from_saved, config_to_dict, load_strict
 from fastdecoders.registry import get_spec
 from fastdecoders.train import data as data_mod
 from fastdecoders.train.config import StudentConfig, TrainConfig
@@ -68,7 +68,7 @@ def build_student(cfg: StudentConfig, weights_dir: str | None, latents: str | No
     config = spec.tiny if cfg.tiny else spec.config
     if cfg.config:
         try:
-            config = config_from_dict(type(config), {**config_to_dict(config), **cfg.config})
+            config = config_from_saved(type(config), {**config_to_dict(config), **cfg.config})
         except (TypeError, ValueError) as e:
             raise FastDecodersError(f"student.config: {e}") from None
     student = build_decoder(spec, config=config)
